@@ -1,0 +1,5 @@
+"""``python -m cryoset``."""
+
+from cryoset.cli.main import main
+
+main()
