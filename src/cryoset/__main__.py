@@ -2,4 +2,4 @@
 
 from cryoset.cli.main import main
 
-main()
+raise SystemExit(main())

@@ -83,7 +83,7 @@ def make_provenance(
         "command_line": list(sys.argv if argv is None else argv),
         "parameters": _jsonable(dict(parameters or {})),
         "inputs": files,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
 from cryoset import __version__
@@ -22,6 +21,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "info",
     "validate",
     "convert",
+    "fetch",
+    "trace",
+    "simulate",
+    "maps",
 )
 
 
@@ -60,7 +63,7 @@ def error_line(exc: BaseException) -> str:
     """The one line printed for a user-facing error."""
     if isinstance(exc, InputError):
         return f"error: {exc}"
-    if isinstance(exc, click.ClickException):
+    if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
         return f"error: {exc.format_message()}"
     if isinstance(exc, FileNotFoundError):
         return f"error: {exc.filename}: no such file"
@@ -72,32 +75,21 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return (and, as a script, exit with) its exit code."""
+    """Run the command line and return its exit code (the console script exits with it)."""
     app = build_app()
     try:
         result = app(args=argv, prog_name="cryoset", standalone_mode=False)
-    except (InputError, click.ClickException, FileNotFoundError, IsADirectoryError,
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except (InputError, typer.TyperException, FileNotFoundError, IsADirectoryError,
             PermissionError) as exc:
         print(error_line(exc), file=sys.stderr)
-        code = 2
-        if argv is None:
-            sys.exit(code)
-        return code
-    except click.exceptions.Exit as exc:
-        code = int(exc.exit_code or 0)
-        if argv is None:
-            sys.exit(code)
-        return code
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        if argv is None:
-            sys.exit(130)
-        return 130
-    code = int(result) if isinstance(result, int) else 0
-    if argv is None:
-        sys.exit(code)
-    return code
+        return 2
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    raise SystemExit(main())

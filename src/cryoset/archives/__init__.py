@@ -1,0 +1,1 @@
+"""Archive clients: EMPIAR, EMDB and PDB metadata and resumable, verified downloads."""
