@@ -1,0 +1,151 @@
+"""``cryoset store …`` and ``cryoset query``: the particle dataset store.
+
+A store keeps particle images in Zarr v3 (uint8 with per-particle scaling, or float16) and
+annotations in Parquet, one experiment per directory; DuckDB queries run over all of them.
+
+Examples::
+
+    cryoset store create ds/ --encoding uint8
+    cryoset store add ds/ --star particles.star --experiment EMPIAR-10076
+    cryoset store add ds/ --hdf5 10076_particles.h5 --experiment EMPIAR-10076b
+    cryoset store info ds/
+    cryoset query "SELECT experiment_id, count(*) FROM particles GROUP BY 1" --store ds/
+    cryoset query "SELECT * FROM particles WHERE defocus_u_a < 15000" --store ds/ --out sel.parquet
+    cryoset store export ds/ --format relion --out relion_export/ --selection sel.parquet
+    cryoset store export ds/ --format hdf5 --out export.h5
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cryoset.errors import InputError
+
+group = typer.Typer(help="Create, fill, inspect and export particle stores.", no_args_is_help=True)
+
+
+@group.command("create")
+def create(
+    root: Path = typer.Argument(..., help="Directory of the new store."),
+    encoding: str = typer.Option("uint8", "--encoding", help="uint8 (per-particle scaling) or float16."),
+    chunk_particles: int = typer.Option(256, "--chunk-particles", min=1, help="Particles per Zarr chunk."),
+) -> None:
+    """Create an empty particle store."""
+    from cryoset.store.dataset import ParticleStore
+
+    if encoding not in ("uint8", "float16"):
+        raise InputError("--encoding", f"must be uint8 or float16, got {encoding!r}")
+    ParticleStore.create(root, encoding=encoding, chunk_particles=chunk_particles)  # type: ignore[arg-type]
+    typer.echo(f"created {root}")
+
+
+@group.command("add")
+def add(
+    root: Path = typer.Argument(..., help="The store."),
+    experiment: str = typer.Option(..., "--experiment", help="Experiment id, e.g. EMPIAR-10076."),
+    star: Path | None = typer.Option(None, "--star", help="RELION particle STAR (stacks beside it)."),
+    hdf5: Path | None = typer.Option(None, "--hdf5", help="cryoPANDA-style HDF5 file."),
+) -> None:
+    """Append one experiment (never rewrites the others; invisible until complete)."""
+    from cryoset.provenance import make_provenance
+    from cryoset.store.dataset import ParticleStore
+    from cryoset.store.exports import import_hdf5, import_relion
+
+    source = star if hdf5 is None else hdf5
+    if source is None or (star is not None and hdf5 is not None):
+        raise InputError("--star/--hdf5", "give exactly one source")
+    store = ParticleStore.open(root)
+    if not source.exists():
+        raise InputError(source, "no such file")
+    record = make_provenance("store add", {"experiment": experiment}, [source])
+    if star is not None:
+        n = import_relion(star, store, experiment, provenance=record)
+    else:
+        n = import_hdf5(source, store, experiment, provenance=record)
+    typer.echo(f"{experiment}: {n} particles added to {root}")
+
+
+@group.command("info")
+def info(
+    root: Path = typer.Argument(..., help="The store."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+) -> None:
+    """Experiments, particle counts and image shapes."""
+    from cryoset.store.dataset import ParticleStore
+
+    store = ParticleStore.open(root)
+    rows = [{"experiment_id": e, "particles": store.num_particles(e),
+             "image_shape": list(store.images_array(e).shape[1:])} for e in store.experiments()]
+    summary = {"root": str(root), "encoding": store.encoding, "experiments": rows,
+               "particles": sum(r["particles"] for r in rows)}  # type: ignore[misc]
+    typer.echo(json.dumps(summary, indent=2) if as_json else
+               "\n".join([f"{r['experiment_id']}: {r['particles']} particles {r['image_shape']}" for r in rows]
+                         + [f"total: {summary['particles']} particles ({store.encoding})"]))
+
+
+@group.command("export")
+def export(
+    root: Path = typer.Argument(..., help="The store."),
+    fmt: str = typer.Option(..., "--format", help="relion or hdf5."),
+    out: Path = typer.Option(..., "--out", help="Output directory (relion) or file (hdf5)."),
+    selection: Path | None = typer.Option(None, "--selection", help="Parquet selection from `cryoset query --out`."),
+    size: int = typer.Option(224, "--size", min=8, help="Image size for hdf5."),
+) -> None:
+    """Export a selection (default: everything) as RELION .mrcs + STAR or cryoPANDA HDF5."""
+    import pandas as pd
+
+    from cryoset.provenance import make_provenance, write_provenance
+    from cryoset.store.dataset import ParticleStore, Selection
+    from cryoset.store.exports import export_hdf5, export_relion
+
+    store = ParticleStore.open(root)
+    if selection is not None:
+        try:
+            sel = Selection(pd.read_parquet(selection))
+        except (OSError, ValueError) as exc:
+            raise InputError(selection, f"is not a Parquet selection ({exc})") from None
+    else:
+        sel = store.select()
+    record = make_provenance("store export", {"format": fmt, "size": size},
+                             [selection] if selection is not None else [])
+    if fmt == "relion":
+        path = export_relion(store, sel, out, provenance=record)
+        write_provenance(out, record)
+    elif fmt == "hdf5":
+        path = export_hdf5(store, sel, out, size=size, provenance=record)
+        write_provenance(path, record)
+    else:
+        raise InputError("--format", f"must be relion or hdf5, got {fmt!r}")
+    typer.echo(f"exported {len(sel)} particles to {path}")
+
+
+def query(
+    sql: str = typer.Argument(..., help="SQL over the view `particles`."),
+    store_root: Path = typer.Option(..., "--store", help="The store."),
+    out: Path | None = typer.Option(None, "--out", help="Save the result as Parquet (a selection when it "
+                                    "has experiment_id and particle_index)."),
+    as_json: bool = typer.Option(False, "--json", help="Print records as JSON."),
+    limit: int = typer.Option(20, "--show", help="Rows to print."),
+) -> None:
+    """Run DuckDB SQL over every experiment of a store."""
+    from cryoset.io.atomic import atomic_path
+    from cryoset.store.dataset import ParticleStore
+
+    frame = ParticleStore.open(store_root).query(sql)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            frame.to_parquet(tmp, index=False)
+    if as_json:
+        typer.echo(frame.head(limit).to_json(orient="records"))
+    else:
+        typer.echo(frame.head(limit).to_string(index=False))
+        typer.echo(f"({len(frame)} rows)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``store`` group and the ``query`` command."""
+    app.add_typer(group, name="store")
+    app.command("query")(query)

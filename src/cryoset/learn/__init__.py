@@ -1,0 +1,1 @@
+"""PyTorch datasets, models, probes and training loops."""

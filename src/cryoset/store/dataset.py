@@ -1,0 +1,380 @@
+"""The particle store: one directory, one experiment per sub-directory.
+
+Layout::
+
+    STORE/
+      store.json                         format, schema version, encoding, codec
+      experiments/
+        EMPIAR-10028/
+          images.zarr                    Zarr v3 array (n, y, x), chunked along n
+          annotations.parquet            one row per particle (cryoset.store.schema)
+          provenance.json
+      experiments/.EMPIAR-10017.<random>.part   an experiment being written (invisible)
+
+Appending an experiment writes a hidden temporary directory and renames it into place
+when complete, so readers never see a half-written experiment and the other experiments
+are never rewritten. Images are stored as uint8 with a per-particle linear scaling
+(``image_offset + image_scale * stored``; the scaling is in the Parquet table) or as
+float16; chunks are compressed with Blosc-Zstd + bit-shuffle (the measured choice, see
+docs/store.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from cryoset import __version__
+from cryoset.errors import InputError
+from cryoset.io.atomic import atomic_directory, write_text_atomic
+from cryoset.store.schema import FIELD_TYPES, REQUIRED, SCHEMA_VERSION
+
+Encoding = Literal["uint8", "float16"]
+STORE_FORMAT = "cryoset-particle-store"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def encode_uint8(images: NDArray[Any], clip_percentile: float = 0.05
+                 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]:
+    """Per-image linear quantisation to uint8.
+
+    Parameters
+    ----------
+    images : array, shape (n, y, x)
+    clip_percentile
+        Values below the ``p``-th and above the ``(100 - p)``-th percentile of each image
+        are clipped (0 keeps the full range).
+
+    Returns
+    -------
+    stored : uint8 (n, y, x)
+    offset, scale : float32 (n,)
+        ``decoded = offset + scale * stored``; the error is at most ``scale / 2`` inside
+        the clip range.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    flat = x.reshape(len(x), -1)
+    if clip_percentile > 0:
+        lo, hi = np.percentile(flat, [clip_percentile, 100 - clip_percentile], axis=1)
+    else:
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+    lo = lo.astype(np.float32)
+    scale = ((hi - lo) / 255.0).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    q = np.rint((x - lo[:, None, None]) / scale[:, None, None])
+    return np.clip(q, 0, 255).astype(np.uint8), lo, scale
+
+
+def decode(stored: NDArray[Any], offset: NDArray[Any], scale: NDArray[Any]) -> NDArray[np.float32]:
+    """Inverse of the storage encoding: ``offset + scale * stored`` per image (float32)."""
+    out = np.asarray(stored, dtype=np.float32)
+    if out is stored:
+        out = out.copy()
+    out *= np.asarray(scale, np.float32)[:, None, None]
+    out += np.asarray(offset, np.float32)[:, None, None]
+    return out
+
+
+@dataclass
+class Selection:
+    """A set of particles: at least ``experiment_id`` and ``particle_index`` columns.
+
+    Loaders and exports accept a selection; extra columns (annotations) ride along.
+    """
+
+    table: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        missing = [c for c in ("experiment_id", "particle_index") if c not in self.table.columns]
+        if missing:
+            raise InputError("selection", f"lacks column(s) {', '.join(missing)}")
+        self.table = self.table.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def groups(self) -> Iterator[tuple[str, NDArray[np.int64]]]:
+        """(experiment_id, particle indices) in selection order within each experiment."""
+        for exp, sub in self.table.groupby("experiment_id", sort=True):
+            yield str(exp), sub["particle_index"].to_numpy(np.int64)
+
+
+def _blosc() -> Any:
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+@dataclass
+class ParticleStore:
+    """A particle store on disk. Use :meth:`create` or :meth:`open`."""
+
+    root: Path
+    encoding: Encoding = "uint8"
+    chunk_particles: int = 256
+    _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
+    _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], *, encoding: Encoding = "uint8",
+               chunk_particles: int = 256) -> ParticleStore:
+        """Create an empty store (a directory that must not already hold one)."""
+        if encoding not in ("uint8", "float16"):
+            raise ValueError(f"encoding: must be 'uint8' or 'float16', got {encoding!r}")
+        if chunk_particles < 1:
+            raise ValueError(f"chunk_particles: must be >= 1, got {chunk_particles}")
+        path = Path(root)
+        if (path / "store.json").exists():
+            raise InputError(path, "already holds a particle store")
+        (path / "experiments").mkdir(parents=True, exist_ok=True)
+        meta = {"format": STORE_FORMAT, "schema_version": SCHEMA_VERSION, "encoding": encoding,
+                "chunk_particles": chunk_particles, "codec": "blosc-zstd-3-bitshuffle",
+                "created_by": f"cryoset {__version__}"}
+        write_text_atomic(path / "store.json", json.dumps(meta, indent=2) + "\n")
+        return cls(path, encoding, chunk_particles)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> ParticleStore:
+        """Open an existing store (InputError when ``root`` is not one)."""
+        path = Path(root)
+        meta_path = path / "store.json"
+        if not meta_path.exists():
+            raise InputError(path, "is not a particle store (no store.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise InputError(meta_path, f"is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise InputError(meta_path, f"format is not {STORE_FORMAT!r}")
+        major = str(meta.get("schema_version", "0")).split(".")[0]
+        if major != SCHEMA_VERSION.split(".")[0]:
+            raise InputError(meta_path, f"schema version {meta.get('schema_version')} is not "
+                             f"readable by this cryoset (schema {SCHEMA_VERSION})")
+        return cls(path, meta["encoding"], int(meta["chunk_particles"]))
+
+    # ------------------------------------------------------------------- writing
+    def add_experiment(
+        self,
+        experiment_id: str,
+        images: NDArray[Any] | Iterable[NDArray[Any]],
+        annotations: pd.DataFrame,
+        *,
+        provenance: dict[str, Any] | None = None,
+        progress: Callable[[int], None] | None = None,
+        preencoded: bool = False,
+    ) -> int:
+        """Append one experiment; returns its particle count.
+
+        Parameters
+        ----------
+        experiment_id
+            Directory-safe key (letters, digits, ``._-``), unique in the store.
+        images
+            An array ``(n, y, x)`` or an iterable of such blocks (streamed: memory stays at
+            one block).
+        annotations
+            One row per particle, in image order; schema columns are cast to their types.
+        provenance
+            Stored as ``provenance.json`` and in the Parquet metadata.
+        progress
+            Called with the number of particles written after each block.
+        preencoded
+            ``images`` are already uint8 stored values and ``annotations`` carry their
+            ``image_offset`` / ``image_scale`` (lossless import into a uint8 store).
+        """
+        if not _ID.match(experiment_id):
+            raise InputError(experiment_id, "experiment id must be letters, digits, '.', '_' or '-'")
+        final = self.root / "experiments" / experiment_id
+        if final.exists():
+            raise InputError(final, "experiment already in the store (experiments are never rewritten)")
+        blocks: Iterable[NDArray[Any]] = [images] if isinstance(images, np.ndarray) else images
+        import zarr
+
+        offsets: list[NDArray[np.float32]] = []
+        scales: list[NDArray[np.float32]] = []
+        with atomic_directory(final) as tmp:
+            arr = None
+            n = 0
+            for block in blocks:
+                b = np.asarray(block)
+                if b.ndim != 3:
+                    raise InputError(experiment_id, f"images must be (n, y, x), got shape {b.shape}")
+                if arr is None:
+                    dtype = np.uint8 if self.encoding == "uint8" else np.float16
+                    arr = zarr.create_array(
+                        store=str(tmp / "images.zarr"), shape=(0, b.shape[1], b.shape[2]),
+                        chunks=(self.chunk_particles, b.shape[1], b.shape[2]), dtype=dtype,
+                        compressors=[_blosc()], zarr_format=3,
+                        attributes={"encoding": self.encoding, "axes": ["n", "y", "x"]})
+                elif b.shape[1:] != arr.shape[1:]:
+                    raise InputError(experiment_id, f"image shape changed from {arr.shape[1:]} to {b.shape[1:]}")
+                if preencoded:
+                    if self.encoding != "uint8" or b.dtype != np.uint8:
+                        raise InputError(experiment_id, "preencoded images must be uint8 for a uint8 store")
+                    rows = slice(n, n + len(b))
+                    stored = b
+                    off = annotations["image_offset"].to_numpy(np.float32)[rows]
+                    sc = annotations["image_scale"].to_numpy(np.float32)[rows]
+                elif self.encoding == "uint8":
+                    stored, off, sc = encode_uint8(b)
+                else:
+                    stored = b.astype(np.float16)
+                    off = np.zeros(len(b), np.float32)
+                    sc = np.ones(len(b), np.float32)
+                arr.resize((n + len(b), *arr.shape[1:]))
+                arr[n:n + len(b)] = stored
+                offsets.append(off)
+                scales.append(sc)
+                n += len(b)
+                if progress is not None:
+                    progress(n)
+            if arr is None:
+                raise InputError(experiment_id, "no images")
+            if len(annotations) != n:
+                raise InputError(experiment_id, f"{len(annotations)} annotation rows for {n} images")
+            user = annotations.reset_index(drop=True).drop(
+                columns=[c for c in REQUIRED if c in annotations.columns])
+            table = pd.concat([
+                pd.DataFrame({"experiment_id": [experiment_id] * n,
+                              "particle_index": np.arange(n, dtype=np.int64)}),
+                user,
+                pd.DataFrame({"image_offset": np.concatenate(offsets),
+                              "image_scale": np.concatenate(scales)}),
+            ], axis=1)
+            record = provenance or {}
+            pq.write_table(_to_arrow(table, record), tmp / "annotations.parquet", compression="zstd")
+            (tmp / "provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        self._tables.pop(experiment_id, None)
+        return n
+
+    # ------------------------------------------------------------------- reading
+    def experiments(self) -> list[str]:
+        """Committed experiments, sorted (hidden ``.…part`` directories are in-flight writes)."""
+        exp_dir = self.root / "experiments"
+        return sorted(p.name for p in exp_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith(".")) if exp_dir.exists() else []
+
+    def _exp_dir(self, experiment_id: str) -> Path:
+        d = self.root / "experiments" / experiment_id
+        if experiment_id.startswith(".") or not d.is_dir():
+            raise InputError(self.root, f"no experiment {experiment_id!r} in the store")
+        return d
+
+    def images_array(self, experiment_id: str) -> Any:
+        """The raw Zarr array of one experiment (stored dtype)."""
+        if experiment_id not in self._arrays:
+            import zarr
+
+            self._arrays[experiment_id] = zarr.open_array(str(self._exp_dir(experiment_id) / "images.zarr"),
+                                                          mode="r")
+        return self._arrays[experiment_id]
+
+    def annotations(self, experiment_id: str) -> pd.DataFrame:
+        """One experiment's annotation table (cached)."""
+        if experiment_id not in self._tables:
+            self._tables[experiment_id] = pq.read_table(
+                self._exp_dir(experiment_id) / "annotations.parquet").to_pandas()
+        return self._tables[experiment_id]
+
+    def num_particles(self, experiment_id: str) -> int:
+        return int(self.images_array(experiment_id).shape[0])
+
+    def read_stored(self, experiment_id: str, indices: NDArray[Any] | list[int]
+                    ) -> tuple[NDArray[Any], NDArray[np.float32], NDArray[np.float32]]:
+        """Stored (undecoded) images ``(k, y, x)`` with their offsets and scales ``(k,)``.
+
+        Reads each Zarr chunk touched once, whatever the order of ``indices``.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        arr = self.images_array(experiment_id)
+        n = arr.shape[0]
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"particle index out of range 0..{n - 1} for {experiment_id}")
+        ann = self.annotations(experiment_id)
+        out = np.empty((idx.size, *arr.shape[1:]), dtype=arr.dtype)
+        cp = self.chunk_particles
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        chunk_of = sorted_idx // cp
+        starts: list[int] = (np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
+                             if idx.size else [])
+        for a, b in itertools.pairwise([*starts, idx.size]):
+            c = int(chunk_of[a])
+            lo, hi = c * cp, min((c + 1) * cp, n)
+            block = np.asarray(arr[lo:hi])
+            out[order[a:b]] = block[sorted_idx[a:b] - lo]
+        off = ann["image_offset"].to_numpy(np.float32)[idx]
+        sc = ann["image_scale"].to_numpy(np.float32)[idx]
+        return out, off, sc
+
+    def read_images(self, experiment_id: str, indices: NDArray[Any] | list[int]) -> NDArray[np.float32]:
+        """Decoded float32 images ``(k, y, x)`` for particle indices of one experiment."""
+        return decode(*self.read_stored(experiment_id, indices))
+
+    # ------------------------------------------------------------------- queries
+    def parquet_files(self) -> list[Path]:
+        return [self.root / "experiments" / e / "annotations.parquet" for e in self.experiments()]
+
+    def connect(self) -> Any:
+        """A DuckDB connection with a ``particles`` view over every committed experiment."""
+        import duckdb
+
+        con = duckdb.connect()
+        files = [str(p) for p in self.parquet_files()]
+        if files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW particles AS SELECT * FROM read_parquet([{listing}], union_by_name=true)")
+        else:
+            con.execute("CREATE VIEW particles AS SELECT NULL::VARCHAR AS experiment_id, "
+                        "NULL::BIGINT AS particle_index WHERE false")
+        return con
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run SQL against the ``particles`` view; returns a DataFrame."""
+        import duckdb
+
+        con = self.connect()
+        try:
+            return con.execute(sql).df()
+        except duckdb.Error as exc:
+            raise InputError("query", f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        finally:
+            con.close()
+
+    def select(self, sql: str | None = None) -> Selection:
+        """A :class:`Selection` from SQL (must return experiment_id and particle_index), or all."""
+        frame = self.query(sql or "SELECT * FROM particles ORDER BY experiment_id, particle_index")
+        return Selection(frame)
+
+
+def _to_arrow(table: pd.DataFrame, provenance: dict[str, Any]) -> pa.Table:
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise InputError("annotations", f"lack required column(s) {', '.join(missing)}")
+    arrays = []
+    names = []
+    for col in table.columns:
+        typ = FIELD_TYPES.get(str(col))
+        series = table[col]
+        if typ is not None:
+            values = series.astype(object).where(series.notna(), None) if typ == pa.string() else series
+            arrays.append(pa.array(values, type=typ, from_pandas=True))
+        else:
+            arrays.append(pa.array(series, from_pandas=True))
+        names.append(str(col))
+    meta = {b"cryoset_schema_version": SCHEMA_VERSION.encode(),
+            b"cryoset_provenance": json.dumps(provenance, default=str).encode()}
+    return pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)

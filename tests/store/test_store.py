@@ -1,0 +1,215 @@
+"""The particle store: encoding, atomic appends, queries, exports and imports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryoset.errors import InputError
+from cryoset.store.dataset import ParticleStore, Selection, decode, encode_uint8
+from cryoset.store.exports import (
+    export_hdf5,
+    export_relion,
+    import_hdf5,
+    import_relion,
+    resize_images,
+)
+from cryoset.testing import require_shared_data
+
+
+def _experiment(rng: np.random.Generator, n: int, box: int = 24) -> tuple[np.ndarray, pd.DataFrame]:
+    images = rng.standard_normal((n, box, box)).astype(np.float32)
+    ann = pd.DataFrame({
+        "defocus_u_a": rng.uniform(8000, 30000, n), "defocus_v_a": rng.uniform(8000, 30000, n),
+        "defocus_angle_deg": rng.uniform(0, 180, n), "pixel_size_a": 1.5, "voltage_kv": 300.0,
+        "micrograph": [f"mic{i // 7:03d}" for i in range(n)], "x_px": rng.uniform(0, 4000, n),
+        "y_px": rng.uniform(0, 4000, n), "class_number": rng.integers(1, 5, n),
+        "psi_deg": rng.uniform(-180, 180, n), "custom_score": rng.random(n),
+    })
+    return images, ann
+
+
+def test_uint8_encoding_error_bound(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((20, 16, 16)).astype(np.float32) * 3 + 7
+    stored, off, sc = encode_uint8(x, clip_percentile=0)
+    back = decode(stored, off, sc)
+    assert np.all(np.abs(back - x) <= sc[:, None, None] / 2 + 1e-6)
+    stored, off, sc = encode_uint8(x, clip_percentile=1.0)
+    back = decode(stored, off, sc)
+    lo, hi = off[:, None, None], off[:, None, None] + 255 * sc[:, None, None]
+    inside = (x >= lo) & (x <= hi)
+    assert np.all(np.abs(back - x)[inside] <= (sc[:, None, None] / 2 + 1e-5).repeat(16, 1).repeat(16, 2)[inside])
+
+
+@pytest.mark.parametrize("encoding", ["uint8", "float16"])
+def test_add_read_query(tmp_path: Path, rng: np.random.Generator, encoding: str) -> None:
+    store = ParticleStore.create(tmp_path / "s", encoding=encoding, chunk_particles=16)  # type: ignore[arg-type]
+    x1, a1 = _experiment(rng, 50)
+    x2, a2 = _experiment(rng, 37)
+    assert store.add_experiment("EXP-A", x1, a1) == 50
+    assert store.add_experiment("EXP-B", (x2[i:i + 10] for i in range(0, 37, 10)), a2) == 37
+    store = ParticleStore.open(tmp_path / "s")
+    assert store.experiments() == ["EXP-A", "EXP-B"]
+    idx = np.array([36, 0, 17, 16, 5, 36])
+    got = store.read_images("EXP-B", idx)
+    tol = 0.05 if encoding == "uint8" else 5e-3
+    clipped = np.abs(got - x2[idx])
+    assert np.median(clipped) < tol / 5 and np.percentile(clipped, 99) < tol * 4
+    counts = store.query("SELECT experiment_id, count(*) AS n FROM particles GROUP BY 1 ORDER BY 1")
+    assert counts["n"].tolist() == [50, 37]
+    sel = store.select("SELECT experiment_id, particle_index, defocus_u_a FROM particles "
+                       "WHERE defocus_u_a < 15000 ORDER BY experiment_id, particle_index")
+    expected = int((a1["defocus_u_a"] < 15000).sum() + (a2["defocus_u_a"] < 15000).sum())
+    assert len(sel) == expected
+    ann = store.annotations("EXP-A")
+    np.testing.assert_allclose(ann["defocus_u_a"], a1["defocus_u_a"].astype(np.float32))
+    assert ann["custom_score"].tolist() == a1["custom_score"].tolist()  # extra column kept exactly
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(tmp_path / "s" / "experiments" / "EXP-A" / "annotations.parquet").metadata
+    assert meta[b"cryoset_schema_version"] == b"1.0"
+
+
+def test_failed_append_is_invisible_and_others_untouched(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = ParticleStore.create(tmp_path / "s", chunk_particles=8)
+    x, a = _experiment(rng, 20)
+    store.add_experiment("GOOD", x, a)
+    before = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+
+    def failing_blocks():  # type: ignore[no-untyped-def]
+        yield x[:10]
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        store.add_experiment("BAD", failing_blocks(), a)
+    assert store.experiments() == ["GOOD"]
+    after = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert after == before
+    # a leftover in-flight directory (e.g. after SIGKILL) is not an experiment and not queried
+    (tmp_path / "s" / "experiments" / ".GHOST.abc.part").mkdir()
+    assert store.experiments() == ["GOOD"]
+    assert int(store.query("SELECT count(*) AS n FROM particles")["n"][0]) == 20
+
+
+def test_bad_input(tmp_path: Path, rng: np.random.Generator) -> None:
+    with pytest.raises(InputError, match="not a particle store"):
+        ParticleStore.open(tmp_path)
+    store = ParticleStore.create(tmp_path / "s")
+    with pytest.raises(InputError, match="already holds"):
+        ParticleStore.create(tmp_path / "s")
+    x, a = _experiment(rng, 5)
+    with pytest.raises(InputError, match="experiment id"):
+        store.add_experiment("../evil", x, a)
+    with pytest.raises(InputError, match="annotation rows"):
+        store.add_experiment("E", x, a.iloc[:3])
+    store.add_experiment("E", x, a)
+    with pytest.raises(InputError, match="never rewritten"):
+        store.add_experiment("E", x, a)
+    with pytest.raises(InputError, match="query"):
+        store.query("SELECT nonsense FROM particles")
+    with pytest.raises(InputError, match="lacks column"):
+        Selection(pd.DataFrame({"experiment_id": ["E"]}))
+    with pytest.raises(ValueError, match="encoding"):
+        ParticleStore.create(tmp_path / "t", encoding="int4")  # type: ignore[arg-type]
+
+
+def test_hdf5_round_trip_lossless(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = ParticleStore.create(tmp_path / "s", chunk_particles=16)
+    x, a = _experiment(rng, 30, box=32)
+    store.add_experiment("EXP", x, a)
+    h5 = export_hdf5(store, store.select(), tmp_path / "exp.h5", size=32)
+    with h5py.File(h5) as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (30, 32, 32)
+        ann = json.loads(f["annotations"][()])
+        assert set(ann) >= {"defocus_u_a", "micrograph", "image_offset"}
+    store2 = ParticleStore.create(tmp_path / "s2", chunk_particles=16)
+    import_hdf5(h5, store2, "EXP")
+    np.testing.assert_array_equal(np.asarray(store2.images_array("EXP")[:]), np.asarray(store.images_array("EXP")[:]))
+    pd.testing.assert_frame_equal(store2.annotations("EXP"), store.annotations("EXP"), check_dtype=False)
+    # resized export (cryoPANDA's 224²) keeps the low frequencies
+    h5b = export_hdf5(store, store.select(), tmp_path / "exp224.h5", size=64)
+    with h5py.File(h5b) as f:
+        assert f["images"].shape == (30, 64, 64)
+
+
+def test_resize_images_preserves_mean_and_low_pass(rng: np.random.Generator) -> None:
+    f = np.fft.fft2(rng.standard_normal((3, 32, 32)))
+    f[:, 16, :] = 0  # band-limited: no Nyquist component, so Fourier resampling is exact
+    f[:, :, 16] = 0
+    x = (np.fft.ifft2(f).real + 5).astype(np.float32)
+    up = resize_images(x, 64)
+    np.testing.assert_allclose(up.mean(axis=(1, 2)), x.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(resize_images(up, 32), x, atol=1e-4)
+
+
+def test_corrupt_hdf5(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    store = ParticleStore.create(tmp_path / "s")
+    with pytest.raises(InputError, match="HDF5"):
+        import_hdf5(bad, store, "X")
+    with h5py.File(tmp_path / "noann.h5", "w") as f:
+        f["images"] = np.zeros((2, 4, 4), np.uint8)
+    with pytest.raises(InputError, match="annotations"):
+        import_hdf5(tmp_path / "noann.h5", store, "X")
+    assert store.experiments() == []
+
+
+def test_relion_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = ParticleStore.create(tmp_path / "s", encoding="float16", chunk_particles=8)
+    x, a = _experiment(rng, 12, box=16)
+    store.add_experiment("EXP", x, a)
+    star = export_relion(store, store.select(), tmp_path / "relion")
+    store2 = ParticleStore.create(tmp_path / "s2", encoding="float16", chunk_particles=8)
+    assert import_relion(star, store2, "EXP") == 12
+    np.testing.assert_array_equal(store2.read_images("EXP", np.arange(12)), store.read_images("EXP", np.arange(12)))
+    a1, a2 = store.annotations("EXP"), store2.annotations("EXP")
+    for col in ("defocus_u_a", "defocus_v_a", "defocus_angle_deg", "x_px", "y_px", "psi_deg", "class_number"):
+        np.testing.assert_allclose(a2[col].astype(float), a1[col].astype(float), rtol=1e-5, atol=1e-3)
+    assert a2["micrograph"].tolist() == a1["micrograph"].tolist()
+
+
+@pytest.mark.parametrize("name", ["empiar_10076_7.star", "relion31.star"])
+def test_import_real_relion_particles(tmp_path: Path, name: str) -> None:
+    star = require_shared_data("star", "relion", name)
+    store = ParticleStore.create(tmp_path / "s")
+    n = import_relion(star, store, "REAL")
+    from cryoset.io.mrc import read_stack
+    from cryoset.io.particles import read_particles
+
+    ps = read_particles(star)
+    assert n == len(ps.table)
+    first = ps.table.iloc[0]
+    raw = read_stack(star.parent / str(first["image_path"]), permissive=True).images(int(first["image_index"]))
+    got = store.read_images("REAL", [0])[0]
+    _, off, sc = encode_uint8(raw[None])
+    inside = (raw >= off[0]) & (raw <= off[0] + 255 * sc[0])
+    assert np.max(np.abs(got - raw)[inside]) <= sc[0] / 2 + 1e-4
+
+
+def test_cli_store_and_query(tmp_path: Path, rng: np.random.Generator, run_cli) -> None:  # type: ignore[no-untyped-def]
+    store = ParticleStore.create(tmp_path / "s", chunk_particles=8)
+    x, a = _experiment(rng, 20, box=16)
+    store.add_experiment("EXP", x, a)
+    code, out, err = run_cli("query", "SELECT experiment_id, particle_index FROM particles WHERE class_number = 1",
+                             "--store", tmp_path / "s", "--out", tmp_path / "sel.parquet")
+    assert code == 0, err
+    n_sel = int((a["class_number"] == 1).sum())
+    assert f"({n_sel} rows)" in out
+    code, out, err = run_cli("store", "export", tmp_path / "s", "--format", "hdf5", "--out", tmp_path / "e.h5",
+                             "--selection", tmp_path / "sel.parquet", "--size", "16")
+    assert code == 0, err
+    assert (tmp_path / "e.h5.provenance.json").exists()
+    code, out, err = run_cli("store", "create", tmp_path / "s2")
+    assert code == 0, err
+    code, out, err = run_cli("store", "add", tmp_path / "s2", "--hdf5", tmp_path / "e.h5", "--experiment", "SEL")
+    assert code == 0, err
+    code, out, err = run_cli("store", "info", tmp_path / "s2", "--json")
+    assert json.loads(out)["particles"] == n_sel
+    code, out, err = run_cli("query", "SELECT broken(", "--store", tmp_path / "s2")
+    assert code == 2 and err.startswith("error: query:") and len(err.strip().splitlines()) == 1
