@@ -72,6 +72,9 @@ def convert(
     if star_version not in {"3.1", "3.0"}:
         raise InputError("--star-version", f"must be 3.1 or 3.0, got {star_version!r}")
     kind = detect_input_kind(input_path)
+    out_fmt = to or output_path.suffix.lower().lstrip(".")
+    if kind == "particles" and out_fmt not in {"star", "cs", "csv", "cryovirusdb"}:
+        kind = "particles-to-coords"
     params: dict[str, Any] = {"kind": kind, "to": to, "star_version": star_version,
                               "micrograph_shape": micrograph_shape, "box_size": box_size,
                               "permissive": permissive}
@@ -82,9 +85,18 @@ def convert(
         if to is not None and to not in PARTICLE_FORMATS:
             raise InputError(output_path, f"particles cannot be written as {to!r} "
                              f"(choose one of {', '.join(sorted(PARTICLE_FORMATS))})")
-        ps = read_particles(input_path, permissive=permissive)
+        ps = read_particles(input_path, permissive=permissive, micrograph_shape=micrograph_shape)
         write_particles(output_path, ps, fmt=to, star_version=star_version,  # type: ignore[arg-type]
-                        provenance=record)
+                        provenance=record, micrograph_shape=micrograph_shape)
+        count = len(ps.table)
+    elif kind == "particles-to-coords":
+        from cryoset.io.coords import write_coords
+        from cryoset.io.particles import read_particles
+
+        ps = read_particles(input_path, permissive=permissive, micrograph_shape=micrograph_shape,
+                            require=("micrograph", "x_px", "y_px"))
+        write_coords(output_path, ps.table, fmt=to, micrograph_shape=micrograph_shape, box_size_px=box_size)
+        write_provenance(output_path, record)
         count = len(ps.table)
     else:
         from cryoset.io.coords import read_coords, write_coords

@@ -56,9 +56,10 @@ def detect_kind(path: Path) -> str:
     raise InputError(path, f"unknown file type {suffix or '(no suffix)'!r}")
 
 
-def _summarise_mrc(path: Path) -> dict[str, Any]:
-    from cryoset.io.mrc import read_header
+def _summarise_mrc(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+    from cryoset.io.mrc import read_header, read_stack
 
+    read_stack(path)  # checks the data block is complete (lazily: nothing is loaded)
     h = read_header(path)
     shape_zyx = [int(h["nz"]), int(h["ny"]), int(h["nx"])]
     return {
@@ -75,7 +76,7 @@ def _summarise_mrc(path: Path) -> dict[str, Any]:
     }
 
 
-def _summarise_image(path: Path) -> dict[str, Any]:
+def _summarise_image(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     from cryoset.io.images import read_image
 
     img = read_image(path)
@@ -83,7 +84,7 @@ def _summarise_image(path: Path) -> dict[str, Any]:
             "bit_depth": img.bit_depth, "min": float(img.data.min()), "max": float(img.data.max())}
 
 
-def _summarise_star(path: Path) -> dict[str, Any]:
+def _summarise_star(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     from cryoset.io.star import read_star
 
     blocks = read_star(path)
@@ -93,13 +94,13 @@ def _summarise_star(path: Path) -> dict[str, Any]:
     if any("rlnImageName" in df.columns for df in blocks.values()):
         from cryoset.io.particles import read_particles
 
-        ps = read_particles(path)
+        ps = read_particles(path, micrograph_shape=shape)
         out["particles"] = len(ps.table)
         out["optics_groups"] = 0 if ps.optics is None else len(ps.optics)
     return out
 
 
-def _summarise_cs(path: Path) -> dict[str, Any]:
+def _summarise_cs(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     from cryoset.io.cryosparc import read_cs
 
     arr = read_cs(path)
@@ -107,7 +108,7 @@ def _summarise_cs(path: Path) -> dict[str, Any]:
     return {"kind": "cs", "rows": int(arr.shape[0]), "fields": names}
 
 
-def _summarise_model(path: Path) -> dict[str, Any]:
+def _summarise_model(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     from cryoset.io.structure import read_structure
 
     model = read_structure(path)
@@ -117,10 +118,10 @@ def _summarise_model(path: Path) -> dict[str, Any]:
             "helices": len(model.helices), "sheets": len(model.sheets)}
 
 
-def _summarise_coords(path: Path) -> dict[str, Any]:
+def _summarise_coords(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     from cryoset.io.coords import read_coords
 
-    picks = read_coords(path)
+    picks = read_coords(path, micrograph_shape=shape)
     return {"kind": "coords", "picks": len(picks),
             "micrographs": sorted(map(str, picks["micrograph"].unique())),
             "x_px_range": [float(picks["x_px"].min()), float(picks["x_px"].max())] if len(picks) else [],
@@ -131,18 +132,21 @@ _SUMMARISERS = {"mrc": _summarise_mrc, "image": _summarise_image, "star": _summa
                 "cs": _summarise_cs, "model": _summarise_model, "coords": _summarise_coords}
 
 
-def summarise(path: Path) -> dict[str, Any]:
+def summarise(path: Path, micrograph_shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """Summary of one file (raises :class:`InputError` when it cannot be read)."""
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a directory")
-    return {"path": str(path), **_SUMMARISERS[detect_kind(path)](path)}
+    return {"path": str(path), **_SUMMARISERS[detect_kind(path)](path, micrograph_shape)}
 
 
 def info(
     files: list[Path] = typer.Argument(..., help="Files to summarise."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file as a JSON list."),
+    micrograph_shape: tuple[int, int] | None = typer.Option(
+        None, "--micrograph-shape", help="Micrograph height and width (NY NX) for y-flipped coordinate "
+        "files (CryoPPP CSV) and bounds checks."),
 ) -> None:
     """Summarise any supported file (maps, stacks, images, STAR, .cs, coordinates, models)."""
     from rich.console import Console
@@ -152,7 +156,7 @@ def info(
     failed = False
     for path in files:
         try:
-            summaries.append(summarise(path))
+            summaries.append(summarise(path, micrograph_shape))
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
