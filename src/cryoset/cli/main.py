@@ -22,9 +22,15 @@ COMMAND_MODULES: tuple[str, ...] = (
     "validate",
     "convert",
     "fetch",
+    "store",
     "trace",
     "simulate",
     "maps",
+    "pick",
+    "ctf",
+    "build",
+    "classify",
+    "reconstruct",
 )
 
 

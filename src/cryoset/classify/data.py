@@ -1,0 +1,184 @@
+"""Particle images and their metadata for classification and reconstruction.
+
+Loads a particle STAR file's images (stacks resolved relative to the STAR file's folder) or a
+:class:`cryoset.store.ParticleStore` selection, optionally Fourier-cropped to a smaller box
+(:func:`cryoset.particles.fourier.fourier_crop`; the pixel size grows by ``b / box``), and
+builds per-particle CTF arrays from the canonical columns.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from cryoset.errors import InputError
+
+#: Canonical CTF columns (the rest default: phase shift 0, B-factor 0).
+CTF_COLUMNS = ("defocus_u_a", "defocus_v_a", "defocus_angle_deg", "voltage_kv", "cs_mm",
+               "amplitude_contrast")
+
+
+@dataclass
+class ParticleImages:
+    """Images with their table.
+
+    Attributes
+    ----------
+    images : ndarray, float32, shape (n, b, b)
+        After optional Fourier cropping.
+    table : DataFrame
+        Canonical particle table, one row per image (same order).
+    pixel_size_a
+        Pixel size of ``images``.
+    original_box, original_pixel_size_a
+        Before cropping.
+    """
+
+    images: NDArray[np.float32]
+    table: pd.DataFrame
+    pixel_size_a: float
+    original_box: int
+    original_pixel_size_a: float
+
+
+def _crop(images: NDArray[np.float32], box: int | None) -> NDArray[np.float32]:
+    b = images.shape[-1]
+    if box is None or box <= 0 or box >= b:
+        return images
+    from cryoset.particles.fourier import fourier_crop
+
+    return fourier_crop(images, (box, box))
+
+
+def _finish(images: NDArray[np.float32], table: pd.DataFrame, pixel: float, box: int | None,
+            source: str | os.PathLike[str]) -> ParticleImages:
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise InputError(source, f"particle images must be square, got {images.shape[1:]}")
+    if box is not None and box > 0 and box % 2:
+        raise InputError("--box", f"must be even, got {box}")
+    b = images.shape[-1]
+    cropped = _crop(images, box)
+    return ParticleImages(cropped, table.reset_index(drop=True), pixel * b / cropped.shape[-1], b, pixel)
+
+
+def load_star(path: str | os.PathLike[str], *, box: int | None = None,
+              permissive: bool = False) -> ParticleImages:
+    """Images and canonical table of a particle STAR (or ``.cs``) file.
+
+    Raises
+    ------
+    InputError
+        Missing image names, stacks or pixel size, or mixed image sizes.
+    """
+    from cryoset.io.mrc import read_stack
+    from cryoset.io.particles import read_particles
+
+    p = Path(path)
+    table = read_particles(p, permissive=permissive, require=("image_path", "image_index")).table
+    if len(table) == 0:
+        raise InputError(p, "holds no particles")
+    chunks: list[NDArray[np.float32]] = []
+    order: list[NDArray[np.int64]] = []
+    pixel_from_stack: float | None = None
+    for stack_name, rows in table.groupby("image_path", sort=False).groups.items():
+        stack_path = Path(str(stack_name))
+        if not stack_path.is_absolute():
+            stack_path = p.parent / stack_path
+        if not stack_path.exists():
+            raise InputError(p, f"image stack {stack_name} not found (looked for {stack_path})")
+        stack = read_stack(stack_path, permissive=permissive)
+        idx = table.loc[rows, "image_index"].to_numpy(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(stack)):
+            raise InputError(p, f"image index out of range for {stack_name} ({len(stack)} images)")
+        chunks.append(np.asarray(stack.images(idx), np.float32))
+        order.append(np.asarray(rows, np.int64))
+        pixel_from_stack = pixel_from_stack or stack.pixel_size_a
+    sizes = {c.shape[1:] for c in chunks}
+    if len(sizes) != 1:
+        raise InputError(p, f"particle images have different sizes {sorted(sizes)}")
+    images = np.empty((len(table), *next(iter(sizes))), np.float32)
+    positions = pd.Index(table.index).get_indexer(np.concatenate(order))
+    images[positions] = np.concatenate(chunks)
+    if "pixel_size_a" in table.columns and table["pixel_size_a"].notna().all():
+        pixel = float(table["pixel_size_a"].iloc[0])
+    elif pixel_from_stack:
+        pixel = float(pixel_from_stack)
+    else:
+        raise InputError(p, "no pixel size in the STAR file or the stack header")
+    return _finish(images, table, pixel, box, p)
+
+
+def load_store(root: str | os.PathLike[str], query: str | None, *, box: int | None = None) -> ParticleImages:
+    """Images and annotations of a :class:`cryoset.store.ParticleStore` selection.
+
+    Parameters
+    ----------
+    root
+        Store directory.
+    query
+        SQL over the ``particles`` view returning ``experiment_id`` and ``particle_index``
+        (None: every particle).
+    """
+    from cryoset.store.dataset import ParticleStore
+
+    if not Path(root).is_dir():
+        raise InputError(root, "no such store directory")
+    store = ParticleStore.open(root)
+    selection = store.select(query)
+    if len(selection) == 0:
+        raise InputError("--query", "selects no particles")
+    images: list[NDArray[np.float32]] = []
+    tables: list[pd.DataFrame] = []
+    for exp, idx in selection.groups():
+        images.append(store.read_images(exp, idx))
+        ann = store.annotations(exp)
+        key = ann["particle_index"].to_numpy(np.int64) if "particle_index" in ann.columns else np.arange(len(ann))
+        pos = pd.Index(key).get_indexer(idx)
+        tables.append(ann.iloc[pos].reset_index(drop=True))
+    table = pd.concat(tables, ignore_index=True)
+    if "pixel_size_a" not in table.columns or table["pixel_size_a"].isna().any():
+        raise InputError(root, "selected particles lack pixel_size_a")
+    pixels = table["pixel_size_a"].unique()
+    if len(pixels) != 1:
+        raise InputError("--query", f"selection mixes pixel sizes {sorted(pixels)}")
+    stack = np.concatenate(images).astype(np.float32)
+    return _finish(stack, table, float(pixels[0]), box, root)
+
+
+def has_ctf(table: pd.DataFrame) -> bool:
+    """Whether every particle has the CTF columns."""
+    return all(c in table.columns and table[c].notna().all() for c in CTF_COLUMNS)
+
+
+def ctf_parameters(table: pd.DataFrame) -> dict[str, NDArray[np.float64]]:
+    """Per-particle CTF arrays for :func:`cryoset.recon.reconstruct.backproject`."""
+    n = len(table)
+
+    def col(name: str, default: float) -> NDArray[np.float64]:
+        if name in table.columns:
+            return np.asarray(pd.to_numeric(table[name]).fillna(default), np.float64)
+        return np.full(n, default)
+
+    out = {c: col(c, 0.0) for c in CTF_COLUMNS}
+    out["phase_shift_deg"] = col("phase_shift_deg", 0.0)
+    out["bfactor_a2"] = col("ctf_bfactor_a2", 0.0)
+    for shared in ("voltage_kv", "cs_mm", "amplitude_contrast"):
+        if np.unique(out[shared]).size > 1:
+            raise InputError(shared, "must be the same for every particle (split the optics groups)")
+    return out
+
+
+def ctf_images(table: pd.DataFrame, box: int, pixel_size_a: float) -> NDArray[np.float32]:
+    """CTFs of every particle on the ``box × box`` ``rfft2`` grid, shape (n, box, box//2 + 1)."""
+    from cryoset.ctf.model import ctf_2d_batch
+
+    p = ctf_parameters(table)
+    return ctf_2d_batch(p["defocus_u_a"], p["defocus_v_a"], p["defocus_angle_deg"], (box, box),
+                        pixel_size_a, voltage_kv=float(p["voltage_kv"][0]), cs_mm=float(p["cs_mm"][0]),
+                        amplitude_contrast=float(p["amplitude_contrast"][0]),
+                        phase_shift_deg=p["phase_shift_deg"], bfactor_a2=p["bfactor_a2"], rfft=True)

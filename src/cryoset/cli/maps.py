@@ -1,0 +1,193 @@
+"""``cryoset map …``: Cryo2StructData-style training data from density maps and models.
+
+Examples::
+
+    cryoset map prepare emd_5168.map --model 3MFP.pdb --out data/EMD-5168
+    cryoset map prepare emd_1832.map --out data/EMD-1832 --method fourier
+    cryoset map subgrids data/EMD-5168/emd_normalized_map.mrc --out density.zarr
+    cryoset map stitch data/EMD-5168/subgrids.zarr --array ca --out ca.mrc
+    cryoset map build maps.csv --out data --workers 2 --test-list test_ids.txt
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cryoset.errors import InputError
+
+_METHODS = ("trilinear", "fourier")
+
+
+def _options(voxel_size: float, method: str, percentile: float, box: int, overlap: int,
+             subgrids: bool = True) -> Any:
+    from cryoset.maps.dataset import PrepareOptions
+
+    if method not in _METHODS:
+        raise InputError("--method", f"must be one of {', '.join(_METHODS)}, not {method!r}")
+    if voxel_size <= 0:
+        raise InputError("--voxel-size", f"must be positive, got {voxel_size}")
+    if not 0 < percentile <= 100:
+        raise InputError("--percentile", f"must be in (0, 100], got {percentile}")
+    if box < 1 or overlap < 0 or box - 2 * overlap < 1:
+        raise InputError("--box/--overlap", f"box {box} with overlap {overlap} leaves no core")
+    return PrepareOptions(voxel_size_a=voxel_size, method=method,  # type: ignore[arg-type]
+                          percentile=percentile, box=box, overlap=overlap, subgrids=subgrids)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``map`` sub-command group."""
+    group = typer.Typer(
+        name="map",
+        help="Density-map datasets (Cryo2StructData): resample, normalise, label, sub-grid.",
+        no_args_is_help=True,
+    )
+
+    @group.command("prepare")
+    def prepare(
+        map_path: Path = typer.Argument(..., metavar="MAP", help="EMDB map (MRC/CCP4, may be .gz)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+        model: Path | None = typer.Option(None, "--model", help="Deposited model (PDB/mmCIF) in the map frame."),
+        voxel_size: float = typer.Option(1.0, "--voxel-size", help="Target voxel size in Å."),
+        method: str = typer.Option("trilinear", "--method", help="Resampling: trilinear or fourier."),
+        percentile: float = typer.Option(95.0, "--percentile", help="Percentile of positive values → 1."),
+        box: int = typer.Option(32, "--box", help="Sub-grid edge in voxels."),
+        overlap: int = typer.Option(6, "--overlap", help="Sub-grid overlap on each face in voxels."),
+        subgrids: bool = typer.Option(True, "--subgrids/--no-subgrids", help="Also write subgrids.zarr."),
+    ) -> None:
+        """Resample to --voxel-size, normalise and (with --model) write the four label maps.
+
+        Example: cryoset map prepare emd_5168.map --model 3MFP.pdb --out EMD-5168
+        """
+        from cryoset.maps.dataset import prepare_map
+
+        if not map_path.is_file():
+            raise InputError(map_path, "no such map file")
+        if model is not None and not model.is_file():
+            raise InputError(model, "no such model file")
+        row = prepare_map(map_path, out, model,
+                          options=_options(voxel_size, method, percentile, box, overlap, subgrids))
+        keys = ("shape_z", "shape_y", "shape_x", "n_ca", "n_ca_labelled", "n_atoms_outside",
+                "n_collisions", "ca_exact_fraction", "secondary_source", "mrc_valid", "n_subgrids")
+        typer.echo(json.dumps({k: row[k] for k in keys if k in row}, default=str))
+
+    @group.command("subgrids")
+    def subgrids_cmd(
+        maps: list[Path] = typer.Argument(..., metavar="MRC...", help="Same-shape maps; the first is 'density'."),
+        out: Path = typer.Option(..., "--out", "-o", help="Zarr store to write."),
+        names: str | None = typer.Option(None, "--names", help="Comma-separated array names (default: file stems)."),
+        box: int = typer.Option(32, "--box", help="Sub-grid edge in voxels."),
+        overlap: int = typer.Option(6, "--overlap", help="Overlap on each face in voxels."),
+    ) -> None:
+        """Cut maps into overlapping sub-grids stored as one Zarr v3 group.
+
+        Example: cryoset map subgrids emd_normalized_map.mrc atom_ca_emd_normalized_map.mrc
+        --names density,ca --out sub.zarr
+        """
+        from cryoset.io.mrc import read_map
+        from cryoset.maps.dataset import write_subgrids
+        from cryoset.provenance import make_provenance
+
+        _options(1.0, "trilinear", 95.0, box, overlap)
+        labels = names.split(",") if names else [p.name.split(".")[0] for p in maps]
+        if len(labels) != len(maps) or len(set(labels)) != len(labels):
+            raise InputError("--names", "give one distinct name per map")
+        loaded = [read_map(p) for p in maps]
+        shapes = {m.data.shape for m in loaded}
+        if len(shapes) != 1:
+            raise InputError(maps[1], f"shapes differ: {sorted(shapes)}")
+        prov = make_provenance("map subgrids", {"box": box, "overlap": overlap, "names": labels}, maps)
+        vols = {n: m.data for n, m in zip(labels, loaded, strict=True)}
+        write_subgrids(out, vols, box=box, overlap=overlap,
+                       attributes={"voxel_size_a": list(loaded[0].voxel_size_a),
+                                   "origin_a": list(loaded[0].origin_a), "provenance": prov})
+        typer.echo(f"wrote {out}")
+
+    @group.command("stitch")
+    def stitch_cmd(
+        store: Path = typer.Argument(..., metavar="ZARR", help="Sub-grid store (from prepare or subgrids)."),
+        out: Path = typer.Option(..., "--out", "-o", help="MRC file to write."),
+        array: str = typer.Option("density", "--array", help="Which array to stitch."),
+    ) -> None:
+        """Rebuild a full map from the cores of its sub-grids.
+
+        Example: cryoset map stitch EMD-5168/subgrids.zarr --array ca --out ca.mrc
+        """
+        import numpy as np
+
+        from cryoset.io.mrc import write_map
+        from cryoset.maps.dataset import stitch_zarr
+        from cryoset.provenance import make_provenance
+
+        vol, attrs = stitch_zarr(store, array)
+        voxel = attrs.get("voxel_size_a", [1.0, 1.0, 1.0])
+        origin = attrs.get("origin_a", [0.0, 0.0, 0.0])
+        prov = make_provenance("map stitch", {"array": array}, [store])
+        data = vol.astype(np.float32) if vol.dtype.kind == "f" else vol.astype(np.int8)
+        write_map(out, data, voxel, origin, provenance=prov,
+                  dtype="float32" if vol.dtype.kind == "f" else "int8")
+        typer.echo(f"wrote {out} {tuple(vol.shape)}")
+
+    @group.command("build")
+    def build(
+        map_list: Path = typer.Argument(..., metavar="LIST", help="CSV: emdb_id,map[,model,resolution_a,pdb_id]."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output root directory."),
+        workers: int = typer.Option(2, "--workers", "-j", help="Worker processes."),
+        test_list: Path | None = typer.Option(None, "--test-list", help="File of EMDB ids (one a line) for the test set."),
+        validation_fraction: float = typer.Option(0.1, "--validation-fraction", help="Per resolution stratum."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
+        voxel_size: float = typer.Option(1.0, "--voxel-size", help="Target voxel size in Å."),
+        method: str = typer.Option("trilinear", "--method", help="Resampling: trilinear or fourier."),
+        percentile: float = typer.Option(95.0, "--percentile", help="Percentile of positive values → 1."),
+        box: int = typer.Option(32, "--box", help="Sub-grid edge."),
+        overlap: int = typer.Option(6, "--overlap", help="Sub-grid overlap."),
+    ) -> None:
+        """Prepare every map of LIST in parallel; write metadata.parquet/.csv with splits.
+
+        Example: cryoset map build maps.csv --out dataset --workers 2 --test-list test.txt
+        """
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from cryoset.maps.dataset import build_dataset, read_map_list
+
+        options = _options(voxel_size, method, percentile, box, overlap)
+        if workers < 1:
+            raise InputError("--workers", f"must be >= 1, got {workers}")
+        if not 0 <= validation_fraction < 1:
+            raise InputError("--validation-fraction", f"must be in [0, 1), got {validation_fraction}")
+        test_ids: list[str] = []
+        if test_list is not None:
+            if not test_list.is_file():
+                raise InputError(test_list, "no such test list")
+            test_ids = [ln.strip() for ln in test_list.read_text(encoding="utf-8").splitlines()
+                        if ln.strip() and not ln.startswith("#")]
+        n = len(read_map_list(map_list))
+        with Progress(TextColumn("maps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}")) as progress:
+            task = progress.add_task("", total=n)
+
+            def done(row: dict[str, Any]) -> None:
+                progress.update(task, advance=1, description=f"{row['emdb_id']} {row.get('status')}")
+
+            table = build_dataset(map_list, out, options=options, workers=workers,
+                                  validation_fraction=validation_fraction, seed=seed,
+                                  test_ids=test_ids, on_done=done)
+        failed = table[table["status"] != "ok"]
+        for _, r in failed.iterrows():
+            typer.echo(f"failed: {r['emdb_id']}: {r['error']}", err=True)
+        counts = table["split"].value_counts().to_dict()
+        typer.echo(f"{len(table) - len(failed)}/{len(table)} maps prepared; splits {counts}; "
+                   f"metadata in {out / 'metadata.parquet'}")
+        if len(failed):
+            raise typer.Exit(1)
+
+    app.add_typer(group)

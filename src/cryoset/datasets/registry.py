@@ -1,0 +1,387 @@
+"""Registry of published cryo-EM datasets and their download through the hosts' APIs.
+
+Four entries (``cryoset datasets list``):
+
+* ``cryovirusdb`` — CryoVirusDB (Dhakal et al.), Zenodo record 10397742, one archive per
+  EMPIAR id in the CryoPPP layout.
+* ``cryoppp`` — CryoPPP (same layout, 34 EMPIAR sets). The papers we have give **no**
+  record id: pass ``--record`` (Zenodo record id or a Dataverse DOI) and, if needed,
+  ``--base-url``.
+* ``cryo2structdata`` — Cryo2StructData on Harvard Dataverse: full (FCDG0W), small
+  subsample (CGUENL), test set (2GSSC9), metadata (JMN60H), trained models and splits
+  (SXNYRE full, DTV4JF small), all ``doi:10.7910/DVN/…``.
+* ``cryopanda`` — cryoPANDA, per-experiment ``<EMPIAR>_particles.h5``. Neither the host nor
+  a record id is given in the paper summary we have: ``--record`` (and ``--base-url`` for a
+  host other than zenodo.org / dataverse.harvard.edu) are required.
+
+Host APIs used (documented, public, no token):
+
+* Zenodo REST: ``GET {base}/api/records/{id}`` → JSON with ``files: [{key, size,
+  checksum: "md5:…", links: {self: "…/api/records/{id}/files/{key}/content"}}]``.
+* Dataverse native API: ``GET {base}/api/datasets/:persistentId/?persistentId=doi:…`` →
+  ``data.latestVersion.files[]`` with ``label``, ``directoryLabel`` and ``dataFile: {id,
+  filename, filesize, md5 | checksum: {type, value}}``; a file is downloaded from
+  ``{base}/api/access/datafile/{id}`` (``?format=original`` for ingested tabular files,
+  whose listing then carries ``originalFileName``/``originalFileSize``; the checksum is
+  that of the original).
+
+Every file goes through :class:`cryoset.archives.download.HttpClient` (resumable, size and
+checksum verified, cached, offline mode); archives are then extracted safely
+(:func:`cryoset.datasets.extract.safe_extract`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from cryoset.archives.download import DownloadRequest, HttpClient
+from cryoset.datasets.extract import archive_stem, archive_suffix, safe_extract
+from cryoset.errors import InputError
+from cryoset.io.atomic import write_text_atomic
+from cryoset.provenance import make_provenance, write_provenance
+
+Host = Literal["zenodo", "dataverse"]
+Layout = Literal["cryoppp", "cryo2struct", "cryopanda"]
+
+ZENODO_URL = "https://zenodo.org"
+DATAVERSE_URL = "https://dataverse.harvard.edu"
+DEFAULT_BASE_URLS: dict[str, str] = {"zenodo": ZENODO_URL, "dataverse": DATAVERSE_URL}
+MANIFEST_NAME = "manifest.json"
+_MARKER = ".cryoset-extracted.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One deposited record of a dataset.
+
+    Parameters
+    ----------
+    subset
+        Name used by ``--subset`` (for datasets whose subsets are records).
+    host
+        ``"zenodo"`` or ``"dataverse"``; None when unknown.
+    identifier
+        Zenodo record id or Dataverse DOI (``doi:10.7910/DVN/…``); None when unknown.
+    description
+        What the record holds.
+    """
+
+    subset: str
+    host: Host | None
+    identifier: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A published dataset: where it lives and how it is laid out."""
+
+    name: str
+    title: str
+    layout: Layout
+    sources: tuple[Source, ...]
+    select_by: Literal["source", "empiar"]
+    reference: str
+    not_known: str = ""
+    file_pattern: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a record, as the host's API lists it."""
+
+    key: str
+    url: str
+    size_bytes: int | None
+    checksum: str | None
+    source: str
+
+
+@dataclass
+class DownloadResult:
+    """What :func:`download_dataset` fetched and where it put it."""
+
+    out_dir: Path
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The extracted directories / placed files, in listing order."""
+        return [Path(f["path"]) for f in self.files]
+
+
+def registry() -> dict[str, DatasetSpec]:
+    """The known datasets by name (a new dict on each call)."""
+    doi = "doi:10.7910/DVN/"
+    specs = [
+        DatasetSpec(
+            name="cryovirusdb",
+            title="CryoVirusDB: annotated cryo-EM micrographs of 9 virus datasets",
+            layout="cryoppp",
+            sources=(Source("all", "zenodo", "10397742", "one archive per EMPIAR id (9 virus sets, 634 GB)"),),
+            select_by="empiar",
+            reference="Dhakal, Gyawali, Wang & Cheng, CryoVirusDB; Zenodo https://zenodo.org/records/10397742",
+            notes="--subset EMPIAR id selects the archive(s) whose name holds that id; the ids are read "
+                  "from the record listing.",
+        ),
+        DatasetSpec(
+            name="cryoppp",
+            title="CryoPPP: expert-picked particles for 34 EMPIAR datasets",
+            layout="cryoppp",
+            sources=(Source("all", None, None, "one archive per EMPIAR id (34 sets), CryoVirusDB layout"),),
+            select_by="empiar",
+            reference="Dhakal et al., CryoPPP (Sci. Data 2023)",
+            not_known="the host record id: the papers we have give none. Pass --record (a Zenodo record id "
+                      "or a Dataverse DOI) and --base-url for another installation. The 34 EMPIAR ids are "
+                      "read from the listing of the record you give.",
+            notes="--subset EMPIAR id selects the archive(s) whose name holds that id.",
+        ),
+        DatasetSpec(
+            name="cryo2structdata",
+            title="Cryo2StructData: 7,600 labelled cryo-EM maps for AI model building",
+            layout="cryo2struct",
+            sources=(
+                Source("full", "dataverse", doi + "FCDG0W", "Cryo2StructData: Full Dataset"),
+                Source("small", "dataverse", doi + "CGUENL", "Small Subsample Dataset"),
+                Source("test", "dataverse", doi + "2GSSC9", "Test Dataset (208 maps)"),
+                Source("metadata", "dataverse", doi + "JMN60H", "Metadata (EMD id, PDB id, resolution, ...)"),
+                Source("models-full", "dataverse", doi + "SXNYRE", "Trained Model and Data Splits (Full)"),
+                Source("models-small", "dataverse", doi + "DTV4JF", "Trained Model and Data Splits (Small Subset)"),
+            ),
+            select_by="source",
+            reference="Giri, Wang & Cheng, Cryo2StructData (Sci. Data 2024); https://dataverse.harvard.edu/"
+                      "dataverse/Cryo2StructData",
+            not_known="the file names inside each record (read from the listing; use --match to pick files) "
+                      "and the exact naming of the sub-grid .npz files (the reader takes every *.npz with "
+                      "protein_grid/atom_grid/amino_grid arrays).",
+        ),
+        DatasetSpec(
+            name="cryopanda",
+            title="cryoPANDA: 37.6 M annotated particles from 252 EMPIAR experiments",
+            layout="cryopanda",
+            sources=(Source("all", None, None, "one <EMPIAR>_particles.h5 per experiment"),),
+            select_by="empiar",
+            reference="cryoPANDA (bioRxiv 2025); code github.com/azamanos/cryoPANDA",
+            not_known="the host and the record id: the paper summary we have names neither. Pass --record "
+                      "(a Zenodo record id, or doi:… for a Dataverse dataset) and --base-url unless the host "
+                      "is zenodo.org or dataverse.harvard.edu.",
+            notes="--subset EMPIAR id selects <EMPIAR>_particles.h5.",
+        ),
+    ]
+    return {s.name: s for s in specs}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry ``name`` (InputError listing the known names otherwise)."""
+    specs = registry()
+    key = name.lower()
+    if key not in specs:
+        raise InputError("dataset", f"unknown dataset {name!r} (known: {', '.join(specs)})")
+    return specs[key]
+
+
+def parse_record(record: str) -> tuple[Host, str]:
+    """Host and identifier of a ``--record`` value: digits → Zenodo, ``doi:…``/``10.…`` → Dataverse."""
+    text = record.strip()
+    if text.isdigit():
+        return "zenodo", text
+    if text.lower().startswith("doi:"):
+        return "dataverse", "doi:" + text[4:]
+    if text.startswith("10.") and "/" in text:
+        return "dataverse", "doi:" + text
+    raise InputError("--record", f"{record!r} is neither a Zenodo record id (digits) nor a DOI (doi:10.…)")
+
+
+def empiar_number(subset: str) -> str:
+    """``"EMPIAR-10028"`` / ``"10028"`` → ``"10028"`` (InputError otherwise)."""
+    m = re.fullmatch(r"(?:EMPIAR[-_]?)?(\d{5})", subset.strip(), flags=re.IGNORECASE)
+    if m is None:
+        raise InputError("--subset", f"{subset!r} is not an EMPIAR id (e.g. 10028 or EMPIAR-10028)")
+    return m.group(1)
+
+
+def resolve_sources(spec: DatasetSpec, *, subsets: Sequence[str] = (), record: str | None = None,
+                    base_url: str | None = None) -> list[tuple[Source, str]]:
+    """The records to list, with the base URL of each host."""
+    if record is not None:
+        host, ident = parse_record(record)
+        sources = [Source("record", host, ident, f"record given with --record ({record})")]
+    elif spec.select_by == "source" and subsets:
+        by_name = {s.subset: s for s in spec.sources}
+        unknown = [s for s in subsets if s not in by_name]
+        if unknown:
+            raise InputError("--subset", f"{', '.join(unknown)}: not a subset of {spec.name} "
+                             f"(subsets: {', '.join(by_name)})")
+        sources = [by_name[s] for s in subsets]
+    else:
+        sources = list(spec.sources)
+    out: list[tuple[Source, str]] = []
+    for src in sources:
+        if src.host is None or src.identifier is None:
+            raise InputError(spec.name, f"no record is known: {spec.not_known}")
+        url = (base_url or DEFAULT_BASE_URLS[src.host]).rstrip("/")
+        out.append((src, url))
+    return out
+
+
+def _md5_from(data_file: dict[str, Any]) -> str | None:
+    checksum = data_file.get("checksum")
+    if isinstance(checksum, dict) and checksum.get("type") and checksum.get("value"):
+        algo = str(checksum["type"]).lower().replace("-", "")
+        if algo in ("md5", "sha256", "sha1"):
+            return f"{algo}:{checksum['value']}"
+    if data_file.get("md5"):
+        return f"md5:{data_file['md5']}"
+    return None
+
+
+def zenodo_files(record: Any, base_url: str, source: str, where: str) -> list[RemoteFile]:
+    """Files of a Zenodo ``/api/records/{id}`` answer."""
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        raise InputError(where, "is not a Zenodo record (no 'files' list in the answer)")
+    rec_id = record.get("id", record.get("recid", ""))
+    out = []
+    for entry in record["files"]:
+        key = entry.get("key") or entry.get("filename")
+        if not key:
+            raise InputError(where, "a file entry has no 'key'")
+        links = entry.get("links") or {}
+        url = links.get("self") or links.get("content") or \
+            f"{base_url}/api/records/{rec_id}/files/{urllib.parse.quote(key)}/content"
+        checksum = entry.get("checksum")
+        size = entry.get("size", entry.get("filesize"))
+        out.append(RemoteFile(str(key), str(url), None if size is None else int(size),
+                              str(checksum) if checksum else None, source))
+    return out
+
+
+def dataverse_files(answer: Any, base_url: str, source: str, where: str) -> list[RemoteFile]:
+    """Files of a Dataverse ``/api/datasets/:persistentId/`` answer (latest version)."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    version = data.get("latestVersion") if isinstance(data, dict) else None
+    if not isinstance(version, dict) or not isinstance(version.get("files"), list):
+        message = answer.get("message") if isinstance(answer, dict) else None
+        raise InputError(where, f"is not a Dataverse dataset answer ({message or 'no data.latestVersion.files'})")
+    out = []
+    for entry in version["files"]:
+        df = entry.get("dataFile") or {}
+        if "id" not in df:
+            raise InputError(where, f"file {entry.get('label')!r} has no dataFile.id")
+        original = df.get("originalFileName")
+        name = original or entry.get("label") or df.get("filename")
+        key = str(PurePosixPath(entry["directoryLabel"]) / name) if entry.get("directoryLabel") else str(name)
+        url = f"{base_url}/api/access/datafile/{int(df['id'])}" + ("?format=original" if original else "")
+        size = df.get("originalFileSize") if original else df.get("filesize")
+        out.append(RemoteFile(key, url, None if size is None else int(size), _md5_from(df), source))
+    return out
+
+
+def list_remote_files(spec: DatasetSpec, client: HttpClient, *, subsets: Sequence[str] = (),
+                      record: str | None = None, base_url: str | None = None,
+                      match: str | None = None) -> list[RemoteFile]:
+    """List (and filter) the files of ``spec``'s records through the host APIs.
+
+    ``subsets`` are record names (``select_by == "source"``) or EMPIAR ids (matched as a
+    whole number in the file name); ``match`` is a glob on the file key (``fnmatch``).
+    """
+    import fnmatch
+
+    files: list[RemoteFile] = []
+    for src, url in resolve_sources(spec, subsets=subsets, record=record, base_url=base_url):
+        ident = str(src.identifier)  # never None after resolve_sources
+        if src.host == "zenodo":
+            api = f"{url}/api/records/{ident}"
+            cache = f"{spec.name}/zenodo-{ident}.json"
+            answer = client.get_json_cached(api, cache) if client.offline else client.get_json(api, cache_name=cache)
+            files += zenodo_files(answer, url, src.subset, api)
+        else:
+            api = f"{url}/api/datasets/:persistentId/?persistentId={urllib.parse.quote(ident, safe=':/')}"
+            cache = f"{spec.name}/dataverse-{re.sub(r'[^A-Za-z0-9]+', '_', ident)}.json"
+            answer = client.get_json_cached(api, cache) if client.offline else client.get_json(api, cache_name=cache)
+            files += dataverse_files(answer, url, src.subset, api)
+    if spec.select_by == "empiar" and subsets:
+        chosen: list[RemoteFile] = []
+        for subset in subsets:
+            number = empiar_number(subset)
+            hits = [f for f in files if re.search(rf"(?<!\d){number}(?!\d)", PurePosixPath(f.key).name)]
+            if not hits:
+                raise InputError("--subset", f"no file for EMPIAR-{number} in the {spec.name} record "
+                                 f"(files: {', '.join(f.key for f in files[:12])})")
+            chosen += [h for h in hits if h not in chosen]
+        files = chosen
+    if match:
+        files = [f for f in files if fnmatch.fnmatch(f.key, match) or fnmatch.fnmatch(PurePosixPath(f.key).name, match)]
+        if not files:
+            raise InputError("--match", f"no file of {spec.name} matches {match!r}")
+    return files
+
+
+def _safe_key(key: str) -> PurePosixPath:
+    pure = PurePosixPath(key.replace("\\", "/"))
+    if pure.is_absolute() or any(p in ("..", "") for p in pure.parts) or not pure.parts:
+        raise InputError(key, "the listing names a file outside the dataset directory")
+    return pure
+
+
+def _place(cached: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(cached, tmp)
+    except OSError:
+        shutil.copyfile(cached, tmp)
+    os.replace(tmp, dest)
+
+
+def download_dataset(spec: DatasetSpec, out_dir: str | os.PathLike[str], client: HttpClient, *,
+                     subsets: Sequence[str] = (), record: str | None = None, base_url: str | None = None,
+                     match: str | None = None,
+                     progress: Callable[[str, int, int | None], None] | None = None) -> DownloadResult:
+    """Download (resumable, verified, cached) and extract the selected files of ``spec``.
+
+    Archives are extracted into ``out_dir/<archive name without suffix>`` (keeping the
+    record's folders); other files are placed at ``out_dir/<key>``. ``out_dir`` gets a
+    ``manifest.json`` (files, URLs, checksums, destinations) and ``provenance.json``.
+    Re-running skips files whose cached copy and extraction are already complete.
+    """
+    out = Path(out_dir)
+    files = list_remote_files(spec, client, subsets=subsets, record=record, base_url=base_url, match=match)
+    result = DownloadResult(out)
+    for rf in files:
+        key = _safe_key(rf.key)
+        req = DownloadRequest(url=rf.url, dest=Path("datasets", spec.name, rf.source, *key.parts),
+                              size_bytes=rf.size_bytes, checksum=rf.checksum)
+        cached = client.download(req, progress)
+        suffix = archive_suffix(key.name)
+        if suffix is not None:
+            dest = out.joinpath(*key.parts[:-1], archive_stem(key.name))
+            marker = dest / _MARKER
+            stamp = {"key": rf.key, "size_bytes": cached.stat().st_size, "checksum": rf.checksum}
+            done = marker.exists() and json.loads(marker.read_text()) == stamp
+            if not done:
+                members = safe_extract(cached, dest)
+                write_text_atomic(marker, json.dumps(stamp) + "\n")
+            else:
+                members = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p != marker)
+            result.files.append({**asdict(rf), "path": str(dest), "extracted": True, "n_members": len(members)})
+        else:
+            dest = out.joinpath(*key.parts)
+            _place(cached, dest)
+            result.files.append({**asdict(rf), "path": str(dest), "extracted": False})
+    params = {"dataset": spec.name, "subsets": list(subsets), "record": record, "base_url": base_url,
+              "match": match}
+    write_text_atomic(out / MANIFEST_NAME, json.dumps({"dataset": spec.name, "files": result.files},
+                                                      indent=2) + "\n")
+    write_provenance(out, make_provenance("datasets download", params,
+                                          [p for p in result.paths if p.is_file()]))
+    return result

@@ -1,0 +1,102 @@
+"""cryoSPARC ``.cs`` files: numpy structured arrays saved in the ``.npy`` format.
+
+A ``.cs`` file is ``np.save`` of a one-dimensional structured array whose field names are
+``<group>/<field>`` (``blob/path``, ``ctf/df1_A``, ``alignments3D/pose``…). Text fields are
+fixed-width bytes (``|S<n>``); vector fields are sub-arrays (``('<f4', (3,))``). Files
+are never unpickled: object fields are refused.
+
+:func:`read_cs` / :func:`write_cs` move structured arrays; the mapping to the canonical
+particle table (poses, shifts, CTF) lives in :mod:`cryoset.io.particles` and is
+documented in ``docs/formats-particles.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cryoset.errors import InputError
+from cryoset.io.atomic import atomic_path
+
+
+def _has_object_fields(dtype: np.dtype) -> bool:
+    if dtype.names is None:
+        return bool(dtype.hasobject)
+    return any(_has_object_fields(dtype.fields[n][0]) for n in dtype.names)  # type: ignore[index]
+
+
+def read_cs(path: str | os.PathLike[str], *, permissive: bool = False) -> np.ndarray:
+    """Read a cryoSPARC ``.cs`` file as a structured array.
+
+    Parameters
+    ----------
+    path
+        The ``.cs`` file.
+    permissive
+        When True, a zero-dimensional record is returned as a one-element array and a
+        file with a ``uid`` field missing is accepted; otherwise both raise.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        Structured array, one record per particle, fields named ``group/field``.
+
+    Raises
+    ------
+    InputError
+        When the file is not an ``.npy`` structured array, holds Python objects (which would
+        need unpickling), or (strict) lacks a ``uid`` field.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(p, "is a directory, not a cryoSPARC .cs file")
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise InputError(p, "is not a cryoSPARC .cs file (no numpy .npy header)")
+    try:
+        array = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(p, f"cannot be read without unpickling Python objects ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(p, f"is truncated or corrupt ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.names is None:
+        raise InputError(p, "is a numpy array without named fields, not a cryoSPARC .cs table")
+    if array.ndim == 0:
+        if not permissive:
+            raise InputError(p, "holds a single record, not a one-dimensional table")
+        array = array.reshape(1)
+    if array.ndim != 1:
+        raise InputError(p, f"table must be one-dimensional, got shape {array.shape}")
+    if "uid" not in array.dtype.names and not permissive:
+        raise InputError(p, "lacks the 'uid' field every cryoSPARC table has")
+    return array
+
+
+def write_cs(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write a structured array as a cryoSPARC ``.cs`` file, atomically.
+
+    Parameters
+    ----------
+    path
+        Destination; written exactly as ``np.save`` would (the name is kept as given, no
+        ``.npy`` suffix is added).
+    array : ndarray, shape (n,)
+        Structured array with ``group/field`` names and no object fields.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    arr = np.asarray(array)
+    if arr.dtype.names is None or arr.ndim != 1:
+        raise ValueError("array: expected a one-dimensional structured array")
+    if _has_object_fields(arr.dtype):
+        raise ValueError("array: object fields cannot be written to a .cs file")
+    out = Path(path)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+    return out

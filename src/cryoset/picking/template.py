@@ -1,0 +1,259 @@
+"""Template picker: FFT normalised cross-correlation over templates and in-plane rotations.
+
+The micrograph is prepared as for the blob picker (Fourier-cropped so the particle is
+about 20 px across, normalised, negated when particles are dark so protein is bright).
+Templates — 2D class averages, projections of a map or any image stack, **protein bright**
+as in RELION/cryoSPARC averages — are resampled to the working pixel size, cropped to a
+circular mask of radius ``mask_fraction × d`` (default 0.6 d), and rotated in-plane in steps
+of ``angle_step_deg``. For each rotated template ``t`` (zero mean and unit norm inside the
+mask ``M`` of ``N`` pixels) the normalised cross-correlation at position ``x`` is
+
+    NCC(x) = Σ_u t(u) I(x + u) / (√N · σ_M(x)),
+
+with ``σ_M(x)`` the standard deviation of the image under the mask at ``x`` (local
+normalisation, computed with two FFT convolutions). NCC lies in [−1, 1]. The pick score is
+the maximum NCC over templates and rotations; picks are local maxima above
+``threshold`` at least ``min_distance_fraction × d`` apart, away from the edge, with
+``power`` as in :mod:`cryoset.picking.blob`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.fft
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+from cryoset.errors import InputError
+from cryoset.picking.blob import prepare_micrograph
+from cryoset.picking.peaks import edge_mask, find_peaks, local_power
+
+__all__ = ["TemplateSettings", "ncc_map", "pick_templates", "prepare_templates"]
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    """Parameters of the template picker.
+
+    Attributes
+    ----------
+    diameter_a
+        Particle diameter (Å).
+    threshold
+        Minimum NCC.
+    angle_step_deg
+        In-plane rotation step (degrees); 360 means no rotation.
+    mask_fraction
+        Radius of the circular template mask as a fraction of the diameter.
+    min_distance_fraction, edge_fraction, dark_particles
+        As in :class:`cryoset.picking.blob.BlobSettings`.
+    """
+
+    diameter_a: float
+    threshold: float = 0.2
+    angle_step_deg: float = 15.0
+    mask_fraction: float = 0.6
+    min_distance_fraction: float = 0.5
+    edge_fraction: float = 0.5
+    dark_particles: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the first parameter that makes no sense."""
+        if not self.diameter_a > 0:
+            raise InputError("diameter", f"must be > 0 Å, got {self.diameter_a}")
+        if not 0 < self.angle_step_deg <= 360:
+            raise InputError("angle-step", f"must be in (0, 360], got {self.angle_step_deg}")
+        if not self.mask_fraction > 0:
+            raise InputError("mask-fraction", f"must be > 0, got {self.mask_fraction}")
+
+
+def prepare_templates(
+    templates: ArrayLike,
+    template_pixel_size_a: float,
+    work_pixel_size_a: float,
+    mask_radius_px: float,
+    angle_step_deg: float,
+) -> NDArray[np.float32]:
+    """Resample, rotate, mask and normalise templates.
+
+    Parameters
+    ----------
+    templates : array_like, shape (n, b, b) or (b, b)
+        Template images, protein bright, centred.
+    template_pixel_size_a
+        Their pixel size (Å).
+    work_pixel_size_a
+        Pixel size of the image they will be correlated with.
+    mask_radius_px
+        Circular mask radius in working pixels.
+    angle_step_deg
+        Rotation step; every template is rotated by ``0, step, …`` below 360°.
+
+    Returns
+    -------
+    ndarray of float32, shape (n · n_angles, s, s)
+        ``s = 2 ceil(mask_radius) + 1``; each zero-mean and unit-norm inside the mask and
+        0 outside.
+    """
+    t = np.asarray(templates, dtype=np.float64)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] == 0:
+        raise InputError("templates", f"need a (n, y, x) stack, got shape {t.shape}")
+    zoom = template_pixel_size_a / work_pixel_size_a
+    half = math.ceil(mask_radius_px)
+    size = 2 * half + 1
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    mask = xx * xx + yy * yy <= mask_radius_px * mask_radius_px
+    angles = np.arange(0.0, 360.0 - 1e-9, angle_step_deg)
+    out: list[NDArray[np.float64]] = []
+    for img in t:
+        if zoom < 1:  # low-pass before shrinking
+            img = ndimage.gaussian_filter(img, 0.5 / zoom)
+        z = ndimage.zoom(img, zoom, order=1)
+        z = _centre_crop_or_pad(z, size + 4)
+        for a in angles:
+            r = ndimage.rotate(z, a, reshape=False, order=1, mode="constant", cval=0.0)
+            r = _centre_crop_or_pad(r, size)
+            v = r[mask]
+            v = v - v.mean()
+            norm = float(np.linalg.norm(v))
+            if norm == 0:
+                continue
+            tt = np.zeros((size, size))
+            tt[mask] = v / norm
+            out.append(tt)
+    if not out:
+        raise InputError("templates", "every template is constant inside the mask")
+    return np.asarray(out, dtype=np.float32)
+
+
+def _centre_crop_or_pad(img: NDArray[np.float64], size: int) -> NDArray[np.float64]:
+    n = img.shape[0]
+    c = n // 2
+    out = np.zeros((size, size))
+    h = size // 2
+    for oy in range(size):
+        sy = c - h + oy
+        if 0 <= sy < n:
+            lo = max(0, h - c)
+            hi = min(size, h - c + n)
+            out[oy, lo:hi] = img[sy, c - h + lo : c - h + hi]
+    return out
+
+
+def ncc_map(image: ArrayLike, templates: ArrayLike) -> tuple[NDArray[np.float32], NDArray[np.intp]]:
+    """Best normalised cross-correlation over a set of masked templates.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+    templates : array_like, shape (k, s, s)
+        From :func:`prepare_templates` (zero mean, unit norm inside the mask, 0 outside;
+        the mask is where any template is non-zero).
+
+    Returns
+    -------
+    ncc : ndarray of float32, shape (ny, nx)
+        Max over templates; positions whose mask leaves the image use zero padding.
+    best : ndarray of intp, shape (ny, nx)
+        Index of the best template.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    t = np.asarray(templates, dtype=np.float64)
+    ny, nx = img.shape
+    k, s, _ = t.shape
+    half = s // 2
+    mask: NDArray[np.float64] = np.asarray((np.abs(t) > 0).any(axis=0), dtype=np.float64)
+    n_mask = float(mask.sum())
+    fy = scipy.fft.next_fast_len(ny + s, real=True)
+    fx = scipy.fft.next_fast_len(nx + s, real=True)
+
+    def kernel_ft(k2d: NDArray[np.float64]) -> NDArray[np.complex128]:
+        # correlation = convolution with the flipped kernel, centred at (half, half)
+        pad = np.zeros((fy, fx))
+        pad[:s, :s] = k2d[::-1, ::-1]
+        pad = np.roll(pad, (-half, -half), axis=(0, 1))
+        return np.asarray(scipy.fft.rfft2(pad))
+
+    fi = scipy.fft.rfft2(img, s=(fy, fx))
+    fi2 = scipy.fft.rfft2(img * img, s=(fy, fx))
+    fm = kernel_ft(mask)
+    mean = scipy.fft.irfft2(fi * fm, s=(fy, fx))[:ny, :nx] / n_mask
+    ex2 = scipy.fft.irfft2(fi2 * fm, s=(fy, fx))[:ny, :nx] / n_mask
+    sd = np.sqrt(np.maximum(ex2 - mean * mean, 0.0))
+    denom = math.sqrt(n_mask) * np.where(sd > 1e-6, sd, np.inf)
+    best = np.full((ny, nx), -np.inf)
+    arg = np.zeros((ny, nx), dtype=np.intp)
+    for i in range(k):
+        c = scipy.fft.irfft2(fi * kernel_ft(t[i]), s=(fy, fx))[:ny, :nx] / denom
+        better = c > best
+        best[better] = c[better]
+        arg[better] = i
+    return best.astype(np.float32), arg
+
+
+def pick_templates(
+    image: ArrayLike,
+    pixel_size_a: float,
+    templates: ArrayLike,
+    template_pixel_size_a: float,
+    settings: TemplateSettings,
+    *,
+    micrograph: str = "micrograph",
+) -> pd.DataFrame:
+    """Pick particles in one micrograph by template matching.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        The micrograph.
+    pixel_size_a
+        Micrograph pixel size (Å).
+    templates : array_like, shape (n, b, b)
+        Templates, protein bright.
+    template_pixel_size_a
+        Template pixel size (Å).
+    settings
+        :class:`TemplateSettings`.
+    micrograph
+        Name for the ``micrograph`` column.
+
+    Returns
+    -------
+    DataFrame
+        Canonical picks (``score`` = ``ncc``) plus ``ncc``, ``power`` and ``template``
+        (index of the best template before rotation), best first.
+    """
+    settings.check()
+    if not pixel_size_a > 0 or not template_pixel_size_a > 0:
+        raise InputError("pixel-size", "pixel sizes must be > 0 Å")
+    img = np.asarray(image, dtype=np.float32)
+    d_px = settings.diameter_a / pixel_size_a
+    work, factor = prepare_micrograph(img, d_px, dark_particles=settings.dark_particles)
+    d_work = d_px / factor
+    prepared = prepare_templates(
+        templates, template_pixel_size_a, pixel_size_a * factor,
+        settings.mask_fraction * d_work, settings.angle_step_deg,
+    )
+    n_angles = len(np.arange(0.0, 360.0 - 1e-9, settings.angle_step_deg))
+    ncc, arg = ncc_map(work, prepared)
+    xy_w, vals = find_peaks(ncc, settings.min_distance_fraction * d_work, threshold=settings.threshold)
+    xy = xy_w * factor
+    ok = edge_mask(xy, (img.shape[0], img.shape[1]), settings.edge_fraction * d_px)
+    xy, vals, xy_w = xy[ok], vals[ok], xy_w[ok]
+    ij = np.rint(xy_w).astype(int)
+    return pd.DataFrame({
+        "micrograph": pd.Series([micrograph] * len(xy), dtype=object),
+        "x_px": xy[:, 0],
+        "y_px": xy[:, 1],
+        "score": vals.astype(np.float64),
+        "diameter_px": np.full(len(xy), d_px),
+        "ncc": vals.astype(np.float64),
+        "power": local_power(work, xy_w, d_work / 2),
+        "template": (arg[ij[:, 1], ij[:, 0]] // max(n_angles, 1)).astype(np.int64),
+    })

@@ -1,0 +1,184 @@
+"""The build configuration: parsed with ``yaml.safe_load`` and validated key by key.
+
+Errors name the file and the dotted key, e.g.
+``config.yaml: pick.diameter_a: must be a positive number``; unknown keys are rejected.
+See docs/build.md for every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cryoset.errors import InputError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# key → (kind, default, required). kinds: posnum, nonneg, posint, int, bool, str, range
+_SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
+    "ctf": {"tile_px": ("posint", 256, False), "min_resolution_a": ("posnum", 30.0, False),
+            "max_resolution_a": ("posnum", 5.0, False), "defocus_min_a": ("posnum", 2000.0, False),
+            "defocus_max_a": ("posnum", 60000.0, False)},
+    "pick": {"diameter_a": ("posnum", None, False), "threshold": ("number", 3.5, False),
+             "min_distance_fraction": ("nonneg", 0.5, False)},
+    "extract": {"box_px": ("posint", None, False), "pixel_size_a": ("posnum", None, False),
+                "phase_flip": ("bool", True, False), "invert": ("bool", True, False)},
+    "classify": {"n_classes": ("posint", 4, False), "n_iter": ("posint", 5, False),
+                 "psi_step_deg": ("posnum", 10.0, False), "offset_range_px": ("nonneg_int", 3, False),
+                 "seed": ("int", 0, False)},
+    "store": {"encoding": ("encoding", "uint8", False), "chunk_particles": ("posint", 256, False)},
+    "execution": {"workers": ("posint", 2, False), "retries": ("nonneg_int", 2, False)},
+}
+_SIMULATED: dict[str, tuple[str, Any, bool]] = {
+    "seed": ("int", None, True), "protein_length": ("posint", None, True),
+    "micrographs": ("posint", None, True), "size_px": ("posint", 512, False),
+    "pixel_size_a": ("posnum", 1.5, False), "particles_per_micrograph": ("posint", 20, False),
+    "defocus_min_a": ("posnum", 10000.0, False), "defocus_max_a": ("posnum", 25000.0, False),
+    "voltage_kv": ("posnum", 300.0, False), "cs_mm": ("nonneg", 2.7, False),
+    "amplitude_contrast": ("fraction", 0.07, False), "dose_e_per_a2": ("posnum", 40.0, False),
+}
+_LOCAL: dict[str, tuple[str, Any, bool]] = {
+    "micrographs": ("str", None, True), "pixel_size_a": ("posnum", None, True),
+    "voltage_kv": ("posnum", None, True), "cs_mm": ("nonneg", None, True),
+    "amplitude_contrast": ("fraction", 0.1, False),
+}
+_MESSAGES = {
+    "posnum": "must be a positive number", "nonneg": "must be a number >= 0",
+    "number": "must be a number", "posint": "must be a positive integer",
+    "nonneg_int": "must be an integer >= 0", "int": "must be an integer",
+    "bool": "must be true or false", "str": "must be a non-empty string",
+    "fraction": "must be a number in [0, 1)", "encoding": "must be 'uint8' or 'float16'",
+}
+
+
+def _ok(kind: str, value: Any) -> bool:
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    checks = {
+        "posnum": is_num and value > 0 and value == value,
+        "nonneg": is_num and value >= 0,
+        "number": is_num and value == value,
+        "posint": is_int and value > 0,
+        "nonneg_int": is_int and value >= 0,
+        "int": is_int,
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str) and value.strip() != "",
+        "fraction": is_num and 0 <= value < 1,
+        "encoding": value in ("uint8", "float16"),
+    }
+    return bool(checks[kind])
+
+
+def _section(src: Path | str, prefix: str, given: Any, spec: Mapping[str, tuple[str, Any, bool]]
+             ) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise InputError(src, f"{prefix}: must be a mapping")
+    unknown = sorted(set(map(str, given)) - set(spec))
+    if unknown:
+        raise InputError(src, f"{prefix}.{unknown[0]}: unknown key (allowed: {', '.join(spec)})")
+    out: dict[str, Any] = {}
+    for key, (kind, default, required) in spec.items():
+        if key not in given or given[key] is None:
+            if required:
+                raise InputError(src, f"{prefix}.{key}: is required")
+            out[key] = default
+            continue
+        value = given[key]
+        if not _ok(kind, value):
+            raise InputError(src, f"{prefix}.{key}: {_MESSAGES[kind]}, got {value!r}")
+        out[key] = float(value) if kind in ("posnum", "nonneg", "number", "fraction") else value
+    return out
+
+
+def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Read and validate a build configuration.
+
+    Parameters
+    ----------
+    config
+        A YAML file or an already-parsed mapping.
+
+    Returns
+    -------
+    dict
+        The validated configuration with every default filled in, plus ``base_dir`` (the
+        directory relative paths are resolved against).
+
+    Raises
+    ------
+    InputError
+        ``<file>: <dotted.key>: <what is wrong>`` for the first problem found.
+    """
+    if isinstance(config, Mapping):
+        raw: Any = copy.deepcopy(dict(config))
+        src: Path | str = "config"
+        base = Path.cwd()
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise InputError(path, "no such file")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise InputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+        src = path.name
+        base = path.resolve().parent
+    if not isinstance(raw, Mapping):
+        raise InputError(src, "must be a YAML mapping")
+    allowed = {"name", "experiments", *_SECTIONS}
+    unknown = sorted(set(map(str, raw)) - allowed)
+    if unknown:
+        raise InputError(src, f"{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    out: dict[str, Any] = {"name": str(raw.get("name") or "cryoset build"), "base_dir": str(base)}
+    for name, spec in _SECTIONS.items():
+        out[name] = _section(src, name, raw.get(name), spec)
+    ctf = out["ctf"]
+    if ctf["max_resolution_a"] >= ctf["min_resolution_a"]:
+        raise InputError(src, "ctf.max_resolution_a: must be smaller than ctf.min_resolution_a")
+    if ctf["defocus_min_a"] >= ctf["defocus_max_a"]:
+        raise InputError(src, "ctf.defocus_min_a: must be smaller than ctf.defocus_max_a")
+    if ctf["tile_px"] < 128:
+        raise InputError(src, "ctf.tile_px: must be at least 128")
+    exps = raw.get("experiments")
+    if not isinstance(exps, list) or not exps:
+        raise InputError(src, "experiments: must be a non-empty list")
+    seen: set[str] = set()
+    out["experiments"] = []
+    for k, exp in enumerate(exps):
+        where = f"experiments[{k}]"
+        if not isinstance(exp, Mapping):
+            raise InputError(src, f"{where}: must be a mapping")
+        unknown = sorted(set(map(str, exp)) - {"id", "simulated", "local"})
+        if unknown:
+            raise InputError(src, f"{where}.{unknown[0]}: unknown key (allowed: id, simulated, local)")
+        eid = exp.get("id")
+        if not isinstance(eid, str) or not _ID.match(eid):
+            raise InputError(src, f"{where}.id: must be letters, digits, '.', '_' or '-', got {eid!r}")
+        if eid in seen:
+            raise InputError(src, f"{where}.id: duplicate experiment id {eid!r}")
+        seen.add(eid)
+        kinds = [key for key in ("simulated", "local") if key in exp]
+        if len(kinds) != 1:
+            raise InputError(src, f"{where}: needs exactly one of 'simulated' or 'local'")
+        kind = kinds[0]
+        spec = _SIMULATED if kind == "simulated" else _LOCAL
+        params = _section(src, f"{where}.{kind}", exp[kind], spec)
+        if kind == "simulated":
+            if params["defocus_min_a"] > params["defocus_max_a"]:
+                raise InputError(src, f"{where}.simulated.defocus_min_a: must not exceed defocus_max_a")
+            if params["size_px"] < 128:
+                raise InputError(src, f"{where}.simulated.size_px: must be at least 128")
+            if params["protein_length"] < 5:
+                raise InputError(src, f"{where}.simulated.protein_length: must be at least 5")
+        elif out["pick"]["diameter_a"] is None:
+            raise InputError(src, f"pick.diameter_a: is required for local experiment {eid!r}")
+        out["experiments"].append({"id": eid, "kind": kind, "params": params})
+    return out

@@ -1,0 +1,1 @@
+"""Reconstruction and its validation (Fourier ring/shell correlation)."""

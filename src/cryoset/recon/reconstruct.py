@@ -1,0 +1,421 @@
+"""Direct Fourier inversion of particle images with known poses and CTFs, half maps and FSC.
+
+Algorithm (all frequencies in index units of the padded grid ``N = pad · b`` for ``b × b``
+images; conventions of :mod:`cryoset.geometry`):
+
+1. Each image is centred by its RELION 3.1 shift ``(shift_x_a, shift_y_a)`` (the particle
+   centre sits at ``−shift`` from the box centre, so the centred image is
+   ``X(p − s)``, a phase factor ``exp(−2πi k·s / N)``), zero-padded to ``N × N`` about pixel
+   ``N//2`` and Fourier transformed (``rfft2``).
+2. By the projection-slice theorem the image transform at ``(kx, ky)`` is the map transform at
+   ``Aᵀ (kx, ky, 0)``. Every coefficient inside the sphere ``|k| < N/2 − 1`` is spread
+   trilinearly onto the 8 neighbouring voxels of an ``N × N × (N//2+1)`` half-grid
+   (Friedel mates fold into ``kx ≥ 0``), accumulating
+
+   ``D(k) = Σ_j w_j CTF_j X_j``  and  ``W(k) = Σ_j w_j CTF_j²``  (``w_j``: trilinear weights).
+
+   With ``--symmetry`` every image is inserted once per operator ``R`` with pose ``A R``
+   (:mod:`cryoset.recon.symmetry`).
+3. The map transform is the Wiener estimate ``V̂ = D / (W + 1/SNR)``. By default ``1/SNR``
+   is set per shell from the half-map FSC (RELION's τ² idea): a half map's per-voxel SNR is
+   ``FSC/(1 − FSC)`` and its noise variance ``1/W̄``, so the signal-to-noise power ratio of the
+   data is ``SNR(shell) = FSC/(1 − FSC) · W̄(shell)`` with ``W̄`` the mean half-set weight in the
+   shell; a fixed ``wiener_constant`` may be given instead. Because ``V̂`` is a weighted
+   *average* of the inserted samples (numerator and denominator carry the same kernel
+   weights), no gridding correction is needed.
+4. ``irfftn``, ``fftshift``, crop the central ``b³``: the map is in the units of
+   :func:`cryoset.simulate.projection.project_fourier` (image = sum over voxels along z), so
+   projections of a map reconstruct that map.
+
+Half maps come from ``random_subset`` (1/2) when present, otherwise from a seeded random
+split; the gold-standard FSC between them gives the resolution at 0.143.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import scipy.fft
+from numpy.typing import NDArray
+
+from cryoset.recon.fsc import CorrelationCurve, fourier_shell_correlation, resolution_at
+
+#: Images per batch when transforming and inserting (bounds memory).
+_BATCH = 64
+
+
+@numba.njit(cache=True)
+def _insert(slices: NDArray[np.complex64], ctf2: NDArray[np.float32], rots: NDArray[np.float64],
+            data: NDArray[np.complex128], weight: NDArray[np.float64]) -> None:  # pragma: no cover
+    n_pad = data.shape[0]
+    nxh = data.shape[2]
+    rmax = n_pad // 2 - 1
+    rmax2 = rmax * rmax
+    for m in range(rots.shape[0]):
+        a00, a01, a02 = rots[m, 0, 0], rots[m, 0, 1], rots[m, 0, 2]
+        a10, a11, a12 = rots[m, 1, 0], rots[m, 1, 1], rots[m, 1, 2]
+        for iy in range(n_pad):
+            ky = iy if iy < (n_pad + 1) // 2 else iy - n_pad
+            for ix in range(slices.shape[2]):
+                kx = ix
+                if kx * kx + ky * ky > rmax2:
+                    continue
+                c2 = ctf2[m, iy, ix]
+                val = slices[m, iy, ix]
+                fx = a00 * kx + a10 * ky
+                fy = a01 * kx + a11 * ky
+                fz = a02 * kx + a12 * ky
+                if fx < 0.0:
+                    fx, fy, fz = -fx, -fy, -fz
+                    val = np.conj(val)
+                x0 = math.floor(fx)
+                y0 = math.floor(fy)
+                z0 = math.floor(fz)
+                wx1, wy1, wz1 = fx - x0, fy - y0, fz - z0
+                for dz in range(2):
+                    wz = wz1 if dz else 1.0 - wz1
+                    zi = (z0 + dz) % n_pad
+                    for dy in range(2):
+                        wy = wy1 if dy else 1.0 - wy1
+                        yi = (y0 + dy) % n_pad
+                        for dx in range(2):
+                            wx = wx1 if dx else 1.0 - wx1
+                            xi = x0 + dx
+                            if xi >= nxh:
+                                continue
+                            w = wx * wy * wz
+                            data[zi, yi, xi] += w * val
+                            weight[zi, yi, xi] += w * c2
+
+
+@dataclass
+class FourierAccumulator:
+    """Sums ``D = Σ w CTF X`` and ``W = Σ w CTF²`` on the padded half-grid.
+
+    Attributes
+    ----------
+    data : ndarray, complex128, shape (N, N, N//2 + 1)
+    weight : ndarray, float64, shape (N, N, N//2 + 1)
+    box : int
+        Image (and output map) edge ``b``.
+    n_images : int
+        Images inserted (each symmetry copy counted once).
+    """
+
+    data: NDArray[np.complex128]
+    weight: NDArray[np.float64]
+    box: int
+    n_images: int = 0
+
+    @classmethod
+    def empty(cls, box: int, pad: int = 2) -> FourierAccumulator:
+        """An empty accumulator for ``box × box`` images padded ``pad`` times."""
+        n_pad = int(pad) * int(box)
+        shape = (n_pad, n_pad, n_pad // 2 + 1)
+        return cls(np.zeros(shape, np.complex128), np.zeros(shape, np.float64), int(box))
+
+    @property
+    def n_pad(self) -> int:
+        return int(self.data.shape[0])
+
+    def __add__(self, other: FourierAccumulator) -> FourierAccumulator:
+        return FourierAccumulator(self.data + other.data, self.weight + other.weight, self.box,
+                                  self.n_images + other.n_images)
+
+
+def image_transforms(images: NDArray[np.float32], shifts_px: NDArray[np.float64], n_pad: int
+                     ) -> NDArray[np.complex64]:
+    """Centre, pad and ``rfft2`` a batch of images.
+
+    Parameters
+    ----------
+    images : array, shape (m, b, b)
+    shifts_px : array, shape (m, 2)
+        RELION 3.1 shifts ``(x, y)`` in pixels.
+    n_pad : int
+        Padded edge ``N``.
+
+    Returns
+    -------
+    ndarray, complex64, shape (m, N, N//2 + 1)
+        Transform of the centred image, real-space origin at pixel ``N//2``.
+    """
+    m, b = images.shape[0], images.shape[-1]
+    padded = np.zeros((m, n_pad, n_pad), np.float32)
+    o = n_pad // 2 - b // 2
+    padded[:, o:o + b, o:o + b] = images
+    spec = scipy.fft.rfft2(np.fft.ifftshift(padded, axes=(-2, -1)), workers=-1)
+    ky = np.fft.fftfreq(n_pad)[:, None]
+    kx = np.fft.rfftfreq(n_pad)[None, :]
+    sx = shifts_px[:, 0, None, None]
+    sy = shifts_px[:, 1, None, None]
+    phase = np.exp(-2j * np.pi * (kx * sx + ky * sy))
+    return (spec * phase).astype(np.complex64)
+
+
+def _ctf_batch(ctf_params: dict[str, NDArray[np.float64]] | None, idx: NDArray[np.int64],
+               n_pad: int, pixel_size_a: float) -> NDArray[np.float32] | None:
+    if ctf_params is None:
+        return None
+    from cryoset.ctf.model import ctf_2d_batch
+
+    return ctf_2d_batch(
+        ctf_params["defocus_u_a"][idx], ctf_params["defocus_v_a"][idx],
+        ctf_params["defocus_angle_deg"][idx], (n_pad, n_pad), pixel_size_a,
+        voltage_kv=float(ctf_params["voltage_kv"][idx[0]]), cs_mm=float(ctf_params["cs_mm"][idx[0]]),
+        amplitude_contrast=float(ctf_params["amplitude_contrast"][idx[0]]),
+        phase_shift_deg=ctf_params["phase_shift_deg"][idx], bfactor_a2=ctf_params["bfactor_a2"][idx],
+        rfft=True)
+
+
+def backproject(acc: FourierAccumulator, images: NDArray[np.float32], rotations: NDArray[np.float64],
+                shifts_px: NDArray[np.float64], pixel_size_a: float, *,
+                ctf_params: dict[str, NDArray[np.float64]] | None = None,
+                symmetry_ops: NDArray[np.float64] | None = None,
+                progress: Callable[[int], None] | None = None) -> FourierAccumulator:
+    """Insert images into an accumulator (in place) and return it.
+
+    Parameters
+    ----------
+    acc
+        Accumulator for ``b × b`` images.
+    images : array-like, shape (n, b, b)
+        Particle images (indexable lazily, e.g. a memory-mapped stack).
+    rotations : array, shape (n, 3, 3)
+        RELION matrices ``A``.
+    shifts_px : array, shape (n, 2)
+        RELION 3.1 shifts (x, y) in pixels.
+    pixel_size_a
+        Pixel size (for the CTF).
+    ctf_params
+        Per-image arrays ``defocus_u_a``, ``defocus_v_a``, ``defocus_angle_deg``,
+        ``phase_shift_deg``, ``bfactor_a2``, ``voltage_kv``, ``cs_mm``, ``amplitude_contrast``
+        (shape (n,)); None for images without CTF (CTF = 1).
+    symmetry_ops : array, shape (s, 3, 3), optional
+        Point-group operators; each image is inserted with poses ``A @ R``.
+    progress
+        Called with the number of images done after each batch.
+    """
+    n = rotations.shape[0]
+    ops = np.eye(3)[None] if symmetry_ops is None else np.asarray(symmetry_ops, np.float64)
+    for start in range(0, n, _BATCH):
+        idx = np.arange(start, min(start + _BATCH, n))
+        batch = np.asarray(images[start:idx[-1] + 1], dtype=np.float32)
+        spec = image_transforms(batch, shifts_px[idx], acc.n_pad)
+        ctf = _ctf_batch(ctf_params, idx, acc.n_pad, pixel_size_a)
+        if ctf is None:
+            ctf2 = np.ones(spec.shape, np.float32)
+        else:
+            spec *= ctf
+            ctf2 = (ctf * ctf).astype(np.float32)
+        for op in ops:
+            rots = np.ascontiguousarray(rotations[idx] @ op)
+            _insert(spec, ctf2, rots, acc.data, acc.weight)
+        acc.n_images += idx.size * ops.shape[0]
+        if progress is not None:
+            progress(int(idx[-1]) + 1)
+    return acc
+
+
+def _shell_index(n_pad: int) -> NDArray[np.int64]:
+    kz = np.fft.fftfreq(n_pad) * n_pad
+    kx = np.arange(n_pad // 2 + 1)
+    r = np.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    return np.rint(r).astype(np.int64)
+
+
+def _hermitian_plane(acc: FourierAccumulator) -> tuple[NDArray[np.complex128], NDArray[np.float64]]:
+    """Symmetrise the ``kx = 0`` plane (each sample lands on one side of it only)."""
+    data = acc.data.copy()
+    weight = acc.weight.copy()
+    d0 = data[:, :, 0]
+    w0 = weight[:, :, 0]
+    flip = (-np.arange(acc.n_pad)) % acc.n_pad
+    mate_d = np.conj(d0[np.ix_(flip, flip)])
+    mate_w = w0[np.ix_(flip, flip)]
+    data[:, :, 0] = d0 + mate_d
+    weight[:, :, 0] = w0 + mate_w
+    return data, weight
+
+
+def shell_regulariser(half1: FourierAccumulator, half2: FourierAccumulator,
+                      fsc: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per-shell ``1/SNR`` (padded-grid shells ``0 … N//2``) from a half-map FSC.
+
+    ``fsc`` is the FSC of the half maps on the *cropped* ``b`` grid (shell ``i`` at frequency
+    ``i / b``); padded shell ``j`` maps to cropped shell ``j · b / N``.
+    """
+    n_pad = half1.n_pad
+    shells = _shell_index(n_pad)
+    nshell = n_pad // 2 + 1
+    keep = shells < nshell
+    wsum = np.bincount(shells[keep], (0.5 * (half1.weight + half2.weight))[keep], minlength=nshell)
+    count = np.bincount(shells[keep], minlength=nshell)
+    wmean = wsum / np.maximum(count, 1)
+    f = np.nan_to_num(np.asarray(fsc, np.float64), nan=0.0)
+    cropped = np.arange(nshell) * half1.box / n_pad
+    f_pad = np.interp(cropped, np.arange(f.size), f)
+    f_pad = np.clip(f_pad, 1e-3, 0.999)
+    snr = f_pad / (1.0 - f_pad) * np.maximum(wmean, 1e-12)
+    return np.asarray(1.0 / snr, np.float64)
+
+
+def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) -> NDArray[np.float32]:
+    """The map ``irfftn(D / (W + reg))`` cropped to ``b³``.
+
+    Parameters
+    ----------
+    acc
+        Filled accumulator.
+    regulariser
+        ``1/SNR``: a constant, or per padded shell (shape (N//2 + 1,), see
+        :func:`shell_regulariser`).
+
+    Returns
+    -------
+    ndarray, float32, shape (b, b, b)
+    """
+    data, weight = _hermitian_plane(acc)
+    n_pad = acc.n_pad
+    shells = _shell_index(n_pad)
+    reg_arr = np.asarray(regulariser, np.float64)
+    if reg_arr.ndim == 0:
+        reg = np.full(weight.shape, float(reg_arr))
+    else:
+        reg = reg_arr[np.minimum(shells, reg_arr.size - 1)]
+    floor = 1e-6 * max(float(weight.max()), 1e-30)
+    denom = weight + reg
+    good = (weight > floor) & (shells < n_pad // 2 - 1)
+    spec = np.where(good, data / np.where(good, denom, 1.0), 0.0)
+    vol = np.fft.fftshift(scipy.fft.irfftn(spec, s=(n_pad,) * 3, workers=-1))
+    b = acc.box
+    o = n_pad // 2 - b // 2
+    return np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`reconstruct`.
+
+    Attributes
+    ----------
+    volume, half1, half2 : ndarray, float32, shape (b, b, b)
+        Full map and half maps (``(z, y, x)``).
+    fsc : CorrelationCurve
+        Gold-standard FSC between the half maps.
+    resolution_a : float
+        Where the FSC falls below 0.143.
+    voxel_size_a : float
+    n_particles : tuple of int
+        Particles in half 1 and half 2.
+    regulariser : ndarray
+        The per-shell ``1/SNR`` used (padded shells), or the constant as a 1-element array.
+    """
+
+    volume: NDArray[np.float32]
+    half1: NDArray[np.float32]
+    half2: NDArray[np.float32]
+    fsc: CorrelationCurve
+    resolution_a: float
+    voxel_size_a: float
+    n_particles: tuple[int, int]
+    regulariser: NDArray[np.float64]
+
+
+def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
+                shifts_px: NDArray[np.float64], pixel_size_a: float, *,
+                ctf_params: dict[str, NDArray[np.float64]] | None = None,
+                subsets: NDArray[np.int64] | None = None, seed: int = 0,
+                symmetry: str = "C1", wiener_constant: float | None = None, pad: int = 2,
+                progress: Callable[[int], None] | None = None) -> Reconstruction:
+    """Reconstruct a map and its half maps from posed particle images.
+
+    Parameters
+    ----------
+    images : array-like, shape (n, b, b)
+    rotations : array, shape (n, 3, 3)
+        RELION matrices ``A``.
+    shifts_px : array, shape (n, 2)
+        RELION 3.1 shifts (x, y) in pixels.
+    pixel_size_a
+        Pixel size (Å); also the voxel size of the map.
+    ctf_params
+        See :func:`backproject`; None: no CTF.
+    subsets : array of int, shape (n,), optional
+        Half-set of every particle (1 or 2, RELION's ``rlnRandomSubset``); default a seeded
+        random split into two equal halves.
+    seed
+        Seed of the random split.
+    symmetry
+        Point group (``C1``, ``Cn``, ``Dn``).
+    wiener_constant
+        Fixed ``1/SNR``; None: per shell from the half-map FSC (module docstring).
+    pad
+        Padding factor of the Fourier grid.
+    progress
+        Called with the number of images inserted so far.
+
+    Returns
+    -------
+    Reconstruction
+    """
+    from cryoset.recon.symmetry import symmetry_operators
+
+    n, b = rotations.shape[0], int(images.shape[-1])
+    if n < 2:
+        raise ValueError(f"need at least 2 particles for half maps, got {n}")
+    if subsets is None:
+        rng = np.random.default_rng(seed)
+        subsets = np.ones(n, np.int64)
+        subsets[rng.permutation(n)[: n // 2]] = 2
+    subsets = np.asarray(subsets, np.int64)
+    if not np.isin(subsets, (1, 2)).all() or not ((subsets == 1).any() and (subsets == 2).any()):
+        raise ValueError("subsets must hold 1 and 2 only, both present")
+    ops = symmetry_operators(symmetry)
+    halves = []
+    done = 0
+    for h in (1, 2):
+        sel = np.flatnonzero(subsets == h)
+        acc = FourierAccumulator.empty(b, pad)
+        sub_ctf = None if ctf_params is None else {k: np.asarray(v)[sel] for k, v in ctf_params.items()}
+
+        def report(k: int, offset: int = done) -> None:
+            if progress is not None:
+                progress(offset + k)
+
+        backproject(acc, _Take(images, sel), rotations[sel], shifts_px[sel], pixel_size_a,
+                    ctf_params=sub_ctf, symmetry_ops=ops, progress=report)
+        done += sel.size
+        halves.append(acc)
+    tiny = 1e-6 * max(float(halves[0].weight.max()), 1e-30)
+    if wiener_constant is None:
+        m1, m2 = invert(halves[0], tiny), invert(halves[1], tiny)
+        fsc0 = fourier_shell_correlation(m1, m2, voxel_size_a=pixel_size_a)
+        reg = shell_regulariser(halves[0], halves[1], fsc0.correlation)
+    else:
+        reg = np.array([float(wiener_constant)])
+    r_arg: float | NDArray[np.float64] = reg if reg.size > 1 else float(reg[0])
+    h1, h2 = invert(halves[0], r_arg), invert(halves[1], r_arg)
+    full = invert(halves[0] + halves[1], r_arg)
+    curve = fourier_shell_correlation(h1, h2, voxel_size_a=pixel_size_a)
+    res = resolution_at(curve.correlation, curve.freq_per_a, 0.143)
+    return Reconstruction(full, h1, h2, curve, res, float(pixel_size_a),
+                          (int((subsets == 1).sum()), int((subsets == 2).sum())), reg)
+
+
+class _Take:
+    """Lazy row selection of an indexable stack (slices of the selection read in one go)."""
+
+    def __init__(self, images: NDArray[np.float32], rows: NDArray[np.int64]) -> None:
+        self.images = images
+        self.rows = rows
+        self.shape = (rows.size, *images.shape[1:])
+
+    def __getitem__(self, key: slice) -> NDArray[np.float32]:
+        rows = self.rows[key]
+        return np.asarray(self.images[rows] if isinstance(self.images, np.ndarray)
+                          else np.stack([np.asarray(self.images[int(r)]) for r in rows]), np.float32)

@@ -1,0 +1,72 @@
+"""``cryoset map prepare|subgrids|stitch|build`` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryoset.io.mrc import read_map, validate_mrc
+from cryoset.testing import require_shared_data
+
+
+def test_help_lists_the_map_commands(run_cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run_cli("map", "--help")
+    assert code == 0
+    for cmd in ("prepare", "subgrids", "stitch", "build"):
+        assert cmd in out
+
+
+def test_prepare_monomer_map_with_model_then_stitch(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The cut-out monomer map has a non-zero origin; labels must still round-trip exactly."""
+    folder = require_shared_data("maps", "emd_5168")
+    code, out, err = run_cli("map", "prepare", folder / "emd_5168_monomer.mrc", "--model", folder / "3MFP.pdb",
+                             "--out", tmp_path / "m")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["ca_exact_fraction"] == 1.0 and summary["mrc_valid"] is True
+    assert summary["secondary_source"] == "dssp"
+    norm = read_map(tmp_path / "m" / "emd_normalized_map.mrc")
+    src = read_map(folder / "emd_5168_monomer.mrc")
+    assert norm.origin_a == pytest.approx(src.origin_a, abs=1e-4)
+    code, out, err = run_cli("map", "stitch", tmp_path / "m" / "subgrids.zarr", "--array", "ca",
+                             "--out", tmp_path / "ca.mrc")
+    assert code == 0, err
+    assert validate_mrc(tmp_path / "ca.mrc") == []
+    stitched = read_map(tmp_path / "ca.mrc")
+    np.testing.assert_array_equal(stitched.data, read_map(tmp_path / "m" / "atom_ca_emd_normalized_map.mrc").data)
+    assert stitched.origin_a == pytest.approx(norm.origin_a, abs=1e-4)
+
+
+def test_subgrids_command_with_custom_geometry(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = require_shared_data("maps", "model_less", "emd_5625.map")
+    code, _, err = run_cli("map", "subgrids", path, "--names", "density", "--box", "24", "--overlap", "4",
+                           "--out", tmp_path / "s.zarr")
+    assert code == 0, err
+    code, _, err = run_cli("map", "stitch", tmp_path / "s.zarr", "--out", tmp_path / "back.mrc")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_map(tmp_path / "back.mrc").data, read_map(path).data)
+
+
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli("map", "prepare", tmp_path / "nope.map", "--out", tmp_path / "o")
+    assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    (tmp_path / "x.map").write_bytes(b"\0" * 10)
+    code, _, err = run_cli("map", "prepare", tmp_path / "x.map", "--out", tmp_path / "o", "--method", "cubic")
+    assert code == 2 and "--method" in err
+    code, _, err = run_cli("map", "stitch", tmp_path / "missing.zarr", "--out", tmp_path / "o.mrc")
+    assert code == 2 and "missing.zarr" in err
+
+
+def test_build_small_list(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    maps = require_shared_data("maps")
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"emdb_id,map,resolution_a\nEMD-3197,{maps / 'emd_3197' / 'EMD-3197.map'},20\n")
+    (tmp_path / "test.txt").write_text("EMD-3197\n")
+    code, out, err = run_cli("map", "build", listing, "--out", tmp_path / "ds", "--workers", "1",
+                             "--voxel-size", "5", "--test-list", tmp_path / "test.txt")
+    assert code == 0, err
+    assert "1/1 maps prepared" in out and "'test': 1" in out
+    assert (tmp_path / "ds" / "metadata.parquet").is_file() and (tmp_path / "ds" / "metadata.csv").is_file()

@@ -1,0 +1,124 @@
+"""``cryoset simulate …`` end to end at tiny sizes: outputs, truth files, provenance, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gemmi
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryoset.io.mrc import read_map, read_stack
+from cryoset.io.star import read_star
+from cryoset.provenance import read_provenance
+
+
+def test_protein(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "p.pdb"
+    code, stdout, _ = run_cli("simulate", "protein", "--length", 40, "--seed", 3, "--out", out, "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    st = gemmi.read_structure(str(out))
+    assert len(st[0][0]) == 40 == summary["residues"]
+    assert gemmi.one_letter_code([r.name for r in st[0][0]]).upper() == summary["sequence"]
+    assert read_provenance(out)["parameters"] == {"length": 40, "seed": 3}
+    code2, stdout2, _ = run_cli("simulate", "protein", "--length", 40, "--seed", 3,
+                                "--out", tmp_path / "q.cif", "--json")
+    assert code2 == 0 and json.loads(stdout2)["sequence"] == summary["sequence"]
+
+
+def test_micrographs(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "mics"
+    code, stdout, _ = run_cli("simulate", "micrographs", "--n", 2, "--size", 192, "--pixel-size", 2.0,
+                              "--particles", 4, "--protein-length", 50, "--defocus-range", 1.0, 2.0,
+                              "--dose", 30, "--seed", 1, "--out", out, "--json")
+    assert code == 0, stdout
+    summary = json.loads(stdout)
+    assert summary["micrographs"] == 2 and summary["particles"] == 8
+    img = read_stack(out / "micrographs" / "micrograph_0001.mrc", mmap=False)
+    assert np.asarray(img.data).shape == (1, 192, 192) and img.pixel_size_a == pytest.approx(2.0)
+    picks = pd.read_csv(out / "truth_picks.csv")
+    assert set(picks.micrograph) == {"micrograph_0000.mrc", "micrograph_0001.mrc"}
+    coords = read_star(out / "coords" / "micrograph_0000.star")
+    table = next(iter(coords.values()))
+    mine = picks[picks.micrograph == "micrograph_0000.mrc"]
+    assert np.allclose(table["rlnCoordinateX"], mine.x_px) and np.allclose(table["rlnAngleTilt"], mine.tilt_deg)
+    assert np.allclose(table["rlnDefocusU"], mine.defocus_u_a)
+    mics = read_star(out / "micrographs_ctf.star")
+    assert list(mics["micrographs"]["rlnMicrographName"]) == [
+        "micrographs/micrograph_0000.mrc", "micrographs/micrograph_0001.mrc"]
+    d = mics["micrographs"]["rlnDefocusU"]
+    assert np.all((d >= 1e4 - 300) & (d <= 2e4 + 300))
+    assert (out / "model.pdb").is_file()
+    assert read_provenance(out)["parameters"]["seed"] == 1
+    # same seed, same data (micrograph k's seed does not depend on --n)
+    code, _, _ = run_cli("simulate", "micrographs", "--n", 1, "--size", 192, "--pixel-size", 2.0,
+                         "--particles", 4, "--protein-length", 50, "--defocus-range", 1.0, 2.0,
+                         "--dose", 30, "--seed", 1, "--out", tmp_path / "again")
+    again = read_stack(tmp_path / "again" / "micrographs" / "micrograph_0000.mrc", mmap=False)
+    first = read_stack(out / "micrographs" / "micrograph_0000.mrc", mmap=False)
+    assert np.array_equal(np.asarray(again.data), np.asarray(first.data))
+
+
+def test_particles_and_map_from_model_file(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, _ = run_cli("simulate", "protein", "--length", 45, "--out", tmp_path / "m.pdb")
+    assert code == 0
+    out = tmp_path / "parts"
+    code, stdout, _ = run_cli("simulate", "particles", "--n", 20, "--box", 40, "--pixel-size", 2.5,
+                              "--junk-fraction", 0.3, "--model", tmp_path / "m.pdb", "--out", out, "--json")
+    assert code == 0, stdout
+    summary = json.loads(stdout)
+    assert summary["kinds"] == {"particle": 14, "noise": 2, "ice": 2, "pair": 2}
+    assert read_stack(out / "particles.mrcs", mmap=False).data.shape == (20, 40, 40)
+    truth = pd.read_csv(out / "truth.csv")
+    assert len(truth) == 20 and "kind" in truth.columns
+    prov = read_provenance(out)
+    assert prov["inputs"][0]["path"].endswith("m.pdb")
+    code, stdout, _ = run_cli("simulate", "map", "--model", tmp_path / "m.pdb", "--resolution", 6,
+                              "--pixel-size", 2.0, "--out", tmp_path / "map.mrc", "--json")
+    assert code == 0
+    m = read_map(tmp_path / "map.mrc")
+    box = json.loads(stdout)["box_px"]
+    assert m.data.shape == (box,) * 3 and m.data.max() > 0
+    # the model's centroid is at the box centre
+    xx = np.indices(m.data.shape)[2]
+    w = np.clip(m.data, 0, None)
+    assert (w * xx).sum() / w.sum() == pytest.approx(box // 2, abs=1.5)
+
+
+def test_bad_input(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli("simulate", "particles", "--n", 5, "--box", 33, "--out", tmp_path / "x")
+    assert code == 2 and "box" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("simulate", "micrographs", "--model", tmp_path / "missing.pdb", "--out", tmp_path / "y")
+    assert code == 2 and "missing.pdb" in err
+    code, _, err = run_cli("simulate", "protein", "--length", 2, "--out", tmp_path / "p.pdb")
+    assert code == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.relion
+def test_relion_reads_the_truth_star_files(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from cryoset.testing import require_program
+
+    exe = require_program("relion_star_printtable")
+    out = tmp_path / "m"
+    code, _, _ = run_cli("simulate", "micrographs", "--size", 128, "--particles", 2,
+                         "--protein-length", 30, "--out", out)
+    assert code == 0
+    res = subprocess.run([exe, str(out / "micrographs_ctf.star"), "data_micrographs",
+                          "rlnMicrographName", "rlnDefocusU"], capture_output=True, text=True,
+                         check=True, timeout=60)
+    name, defocus = res.stdout.split()
+    star = read_star(out / "micrographs_ctf.star")["micrographs"]
+    assert name == "micrographs/micrograph_0000.mrc"
+    assert float(defocus) == pytest.approx(float(star["rlnDefocusU"].iloc[0]))
+    res = subprocess.run([exe, str(out / "coords" / "micrograph_0000.star"), "data_",
+                          "rlnCoordinateX", "rlnAngleTilt"], capture_output=True, text=True,
+                         check=True, timeout=60)
+    values = np.array(res.stdout.split(), dtype=float).reshape(-1, 2)
+    picks = pd.read_csv(out / "truth_picks.csv")
+    assert np.allclose(values[:, 0], picks.x_px) and np.allclose(values[:, 1], picks.tilt_deg)
