@@ -80,3 +80,14 @@ def test_atomic_directory(tmp_path: Path) -> None:
         (tmp / "h").write_text("3")
     assert sorted(p.name for p in dest.iterdir()) == ["h"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_input_error_survives_pickling() -> None:
+    import pickle
+
+    from cryoset.archives.download import DownloadError
+    from cryoset.errors import InputError
+
+    for exc in (InputError("a.star", "lacks rlnImageName"), InputError(None, "bad"), DownloadError("http://x", "404")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and back.path == exc.path

@@ -24,3 +24,7 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str | None, str]]:
+        # Survive pickling (process pools, Dask workers) with the same two arguments.
+        return (type(self), (self.path, self.message))

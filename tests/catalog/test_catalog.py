@@ -30,7 +30,7 @@ def _random_seq(rng: np.random.Generator, n: int) -> str:
 
 def _mutate(rng: np.random.Generator, seq: str, fraction: float) -> str:
     s = list(seq)
-    for k in rng.choice(len(s), int(round(fraction * len(s))), replace=False):
+    for k in rng.choice(len(s), round(fraction * len(s)), replace=False):
         s[k] = rng.choice([a for a in AA if a != s[k]])
     return "".join(s)
 

@@ -31,6 +31,7 @@ def mics(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, truth_dir
 
 
+@pytest.mark.slow
 def test_pick_evaluate_extract(mics: tuple[Path, Path], tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     root, truth_dir = mics
     files = sorted(root.glob("*.mrc"))
@@ -143,3 +144,27 @@ def test_template_pick_and_phase_flip_extract(mics: tuple[Path, Path], tmp_path:
     code, _, err = run_cli("extract", root / "sim_0.mrc", "--picks", tmp_path / "picks", "--box", 64,
                            "--phase-flip", "--out", tmp_path / "parts2")
     assert code == 2 and "--ctf" in err
+
+
+def test_pick_inspection_mask_and_ctf_fit(mics: tuple[Path, Path], tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    root, _ = mics
+    masks = tmp_path / "masks"
+    mask = np.zeros((1, 384, 384), dtype=np.float32)
+    mask[0, :, :192] = 1.0  # left half is "carbon"
+    write_map(masks / "sim_0.mrc", mask, PIXEL_A)
+    ctf = tmp_path / "ctf.star"
+    ctf.write_text("data_\nloop_\n_rlnMicrographName #1\n_rlnCtfMaxResolution #2\n"
+                   "sim_0.mrc 4.5\nsim_1.mrc 12.0\n")
+    code, _, err = run_cli("pick", *sorted(root.glob("*.mrc")), "--diameter-a", DIAMETER_PX * PIXEL_A,
+                           "--mask-dir", masks, "--ctf", ctf, "--max-ctf-resolution", 8,
+                           "--out", tmp_path / "picks")
+    assert code == 0, err
+    from cryoset.io.coords import read_coords
+    from cryoset.io.cryovirusdb import read_cryovirusdb
+
+    kept = read_coords(tmp_path / "picks" / "sim_0.star")
+    assert len(kept) > 0 and (kept["x_px"] > 191).all()
+    assert len(read_coords(tmp_path / "picks" / "sim_1.star", permissive=True)) == 0
+    fp = read_cryovirusdb(tmp_path / "picks" / "false_positives.csv", flip_y=False)
+    reasons = set(fp["Reason"])
+    assert reasons == {"on carbon/ice mask", "CTF fit worse than 8 A"}

@@ -157,7 +157,7 @@ def test_on_simulated_micrograph_from_cryoset_simulate() -> None:
 @pytest.mark.shared_data
 def test_real_empiar_10028_png_has_recoverable_thon_rings() -> None:
     # 1024² 8-bit PNG resampled to ~5.36 Å/px (Nyquist 10.7 Å). Measured on the 7 images:
-    # mean defocus 17.4–22.9 k Å, |U − V| < 410 Å, FOM 0.45–0.52, fit resolution 11.4–12.9 Å.
+    # mean defocus 17.4–22.8 k Å, |U − V| < 370 Å, FOM 0.45–0.52, fit resolution 11.4–12.9 Å.
     from cryoset.io.images import read_image
 
     root = require_shared_data("micrographs", "empiar_10028", "images")

@@ -33,13 +33,19 @@ def make_scene(seed: int, *, n: int = 25, size: int = 512, snr: float = 0.5,
     rng = np.random.default_rng(seed)
     d = DIAMETER_PX
     pts: list[tuple[float, float]] = []
-    while len(pts) < n:
-        x, y = rng.uniform(d, size - 1 - d, 2)
+    for x, y in rng.uniform(d, size - 1 - d, (4000, 2)):  # greedy random sequential placement
         if all((x - a) ** 2 + (y - b) ** 2 >= (1.3 * d) ** 2 for a, b in pts):
             pts.append((float(x), float(y)))
+            if len(pts) == n:
+                break
+    if len(pts) < n:
+        raise ValueError(f"cannot place {n} particles 1.3 d apart in {size}²")
     signal = np.zeros((size, size))
+    half = int(d / 2) + 2  # each sphere touches only a window around its centre
     for x, y in pts:
-        signal += sphere_projection(size, d, x, y)
+        j0, i0 = int(x) - half, int(y) - half
+        signal[i0 : i0 + 2 * half, j0 : j0 + 2 * half] += sphere_projection(
+            2 * half, d, x - j0, y - i0)
     ctf = ctf_2d(CTFParams(20000.0, 20000.0, 0.0), (size, size), PIXEL_A, rfft=True)
     # low-frequency amplitude contrast keeps particles dark: contrast = −(CTF-filtered signal)
     filtered = scipy.fft.irfft2(scipy.fft.rfft2(signal) * (ctf + 0.3), s=(size, size))

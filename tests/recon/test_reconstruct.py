@@ -36,8 +36,8 @@ def test_noise_free_projections_reconstruct_the_map(rng: np.random.Generator) ->
     """Projection/back-projection consistency: FSC > 0.99 up to 2/3 Nyquist, right scale."""
     b = 48
     vol = _blobs(b, rng.uniform(-9, 9, (25, 3)), 1.6)
-    rots = random_rotations(500, rng)
-    shifts = rng.uniform(-3, 3, (500, 2))
+    rots = random_rotations(400, rng)
+    shifts = rng.uniform(-3, 3, (400, 2))
     images = _shift_images(project_fourier(vol, rots, order=3), shifts)
     rec = reconstruct(images, rots, shifts, 1.0)
     curve = fourier_shell_correlation(rec.volume, vol)
@@ -45,7 +45,7 @@ def test_noise_free_projections_reconstruct_the_map(rng: np.random.Generator) ->
     assert np.all(curve.correlation[1:two_thirds + 1] > 0.99), curve.correlation
     scale = float((rec.volume * vol).sum() / (vol * vol).sum())
     assert 0.95 < scale < 1.05
-    assert rec.n_particles == (250, 250)
+    assert rec.n_particles == (200, 200)
     # a wrong shift sign destroys the agreement (the convention is tested, not assumed)
     wrong = reconstruct(images, rots, -shifts, 1.0)
     assert fourier_shell_correlation(wrong.volume, vol).correlation[8] < 0.9
@@ -72,12 +72,12 @@ def _posed(sim: object) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("snr,floor_a,n", [(float("inf"), 4.4, 300), (0.1, 7.0, 600)])
+@pytest.mark.parametrize("snr,floor_a,n", [(float("inf"), 4.4, 300), (0.1, 6.5, 600)])
 def test_simulated_particles_with_ctf_reach_the_measured_resolution(
         simulated: dict[str, object], snr: float, floor_a: float, n: int) -> None:
     """CTF-modulated particles from cryoset.simulate.particles (shifts, astigmatism) against the
-    potential map of the same atoms. Measured (seed 3): noise-free 0.5-crossing 4.15 Å (Nyquist
-    4 Å); SNR 0.1 with 600 particles 6.38 Å (gold-standard 0.143: 6.22 Å)."""
+    potential map of the same atoms. Measured (seed 3): noise-free 0.5-crossing 4.11 Å (Nyquist
+    4 Å); SNR 0.1 with 600 particles 5.94 Å (gold-standard 0.143: 6.02 Å)."""
     from cryoset.simulate.particles import ParticleSettings, simulate_particles
 
     b, px = int(simulated["box"]), float(simulated["pixel"])  # type: ignore[call-overload]
@@ -90,6 +90,8 @@ def test_simulated_particles_with_ctf_reach_the_measured_resolution(
     print(f"snr {snr}: FSC(truth) 0.5 at {res:.2f} Å, gold-standard {rec.resolution_a:.2f} Å")
     assert res <= floor_a, (res, curve.correlation)
     assert rec.resolution_a <= floor_a + 0.5
+    if np.isinf(snr):
+        return
     # without CTF correction the same data give a much worse map
     bad = reconstruct(sim.images, rots, shifts, px)
     bad_curve = fourier_shell_correlation(bad.volume, simulated["truth"], voxel_size_a=px)

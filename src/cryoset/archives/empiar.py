@@ -16,7 +16,6 @@ category/format names the deposition schema defines.
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ FORMAT_CODES = {
 }
 
 _ID = re.compile(r"^(?:EMPIAR-)?(\d{5,})$", re.IGNORECASE)
+#: A deposition code such as ``('T2', '')`` or ``('OT', 'other name')`` (parsed, never evaluated).
+_CODE = re.compile(r"""^\(\s*'([A-Z0-9]+)'\s*,\s*'(.*)'\s*\)$""")
 
 
 def normalise_empiar_id(value: str | int) -> str:
@@ -62,11 +63,9 @@ def normalise_empiar_id(value: str | int) -> str:
 
 def _decode_code(value: Any, table: dict[str, str]) -> Any:
     """Translate ``"('T2', '')"`` / ``"('OT', 'name')"`` to a name; pass plain strings through."""
-    if isinstance(value, str) and value.startswith("("):
-        try:
-            code, other = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return value
+    m = _CODE.match(value) if isinstance(value, str) else None
+    if m is not None:
+        code, other = m.group(1), m.group(2)
         if code == "OT":
             return str(other)
         return table.get(str(code), str(code))

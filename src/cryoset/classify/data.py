@@ -102,7 +102,7 @@ def load_star(path: str | os.PathLike[str], *, box: int | None = None,
     if len(sizes) != 1:
         raise InputError(p, f"particle images have different sizes {sorted(sizes)}")
     images = np.empty((len(table), *next(iter(sizes))), np.float32)
-    positions = pd.Index(table.index).get_indexer(np.concatenate(order))
+    positions = pd.Index(table.index).get_indexer(pd.Index(np.concatenate(order)))
     images[positions] = np.concatenate(chunks)
     if "pixel_size_a" in table.columns and table["pixel_size_a"].notna().all():
         pixel = float(table["pixel_size_a"].iloc[0])
@@ -138,7 +138,7 @@ def load_store(root: str | os.PathLike[str], query: str | None, *, box: int | No
         images.append(store.read_images(exp, idx))
         ann = store.annotations(exp)
         key = ann["particle_index"].to_numpy(np.int64) if "particle_index" in ann.columns else np.arange(len(ann))
-        pos = pd.Index(key).get_indexer(idx)
+        pos = pd.Index(key).get_indexer(pd.Index(idx))
         tables.append(ann.iloc[pos].reset_index(drop=True))
     table = pd.concat(tables, ignore_index=True)
     if "pixel_size_a" not in table.columns or table["pixel_size_a"].isna().any():

@@ -12,6 +12,7 @@ cryoset classify2d particles.star --out class2d --box 64 --hard --no-recover
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Classify particle images in 2D (EM over class, in-plane angle and shift), score classes
         (population, half-set FRC resolution at 0.143, mean power), flag junk classes, recover good
-        particles from them, and write a RELION 3.1 STAR, class averages and a gallery."""
+        particles from them, and write a RELION 3.1 STAR, class averages and a gallery.
+
+        Examples: [bold]cryoset classify2d particles.star --out class2d -K 8 --iter 10[/bold];
+        [bold]cryoset classify2d --store ds/ --query "SELECT * FROM particles" --out class2d[/bold]
+        """
         from rich.console import Console
         from rich.progress import Progress
 
@@ -95,13 +100,11 @@ def register(app: typer.Typer) -> None:
             raise InputError("--query", "needs --store")
         if classes < 1 or n_iter < 1 or not 0 < psi_step <= 180 or offset_range < 0:
             raise InputError("options", "need --classes >= 1, --iter >= 1, 0 < --psi-step <= 180, --offset-range >= 0")
+        source: Path = particles if particles is not None else Path(str(store))
         if particles is not None:
             data = load_star(particles, box=box, permissive=permissive)
-            source: Path = particles
         else:
-            assert store is not None
-            data = load_store(store, query, box=box)
-            source = store
+            data = load_store(source, query, box=box)
         b = data.images.shape[-1]
         ctf = None
         if use_ctf:
@@ -128,7 +131,12 @@ def register(app: typer.Typer) -> None:
             kept, recovered = rec.kept, rec.recovered
 
         table = data.table.copy()
-        if store is not None:
+        if particles is not None:  # stacks stay where they are: paths relative to --out
+            base = particles.resolve().parent
+            table["image_path"] = [
+                os.path.relpath(q if Path(q).is_absolute() else base / q, out.resolve())
+                for q in table["image_path"].astype(str)]
+        else:
             table["image_path"] = "particles.mrcs"
             table["image_index"] = np.arange(len(table))
         table["class_number"] = result.class_index + 1

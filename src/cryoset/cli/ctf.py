@@ -69,10 +69,10 @@ def ctf(
     micrographs: list[Path] = typer.Argument(..., help="Micrograph files (MRC/PNG/TIFF) or a RELION micrograph STAR."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     pixel_size: float | None = typer.Option(None, "--pixel-size", help="Pixel size in Å (required for PNG/TIFF)."),
-    voltage_kv: float | None = typer.Option(None, "--voltage-kv", help="Accelerating voltage, kV [default: STAR optics or 300]."),
-    cs_mm: float | None = typer.Option(None, "--cs-mm", help="Spherical aberration, mm [default: STAR optics or 2.7]."),
+    voltage_kv: float | None = typer.Option(None, "--voltage-kv", help="Accelerating voltage, kV (default: STAR optics, else 300)."),
+    cs_mm: float | None = typer.Option(None, "--cs-mm", help="Spherical aberration, mm (default: STAR optics, else 2.7)."),
     amplitude_contrast: float | None = typer.Option(
-        None, "--amplitude-contrast", help="Amplitude contrast [default: STAR optics or 0.1]."
+        None, "--amplitude-contrast", help="Amplitude contrast (default: STAR optics, else 0.1)."
     ),
     patches: str | None = typer.Option(None, "--patches", help="Local defocus on an NxM patch grid, e.g. 3x3."),
     surface: str = typer.Option("plane", "--surface", help="Defocus surface for --patches: plane, quadratic or constant."),
@@ -91,6 +91,7 @@ def ctf(
 ) -> None:
     """Estimate defocus, astigmatism, fit resolution and local defocus of micrographs."""
     import concurrent.futures as cf
+    import dataclasses
     import multiprocessing
 
     import pandas as pd
@@ -182,7 +183,7 @@ def ctf(
         {
             "pixel_size_a": pixel_size, "voltage_kv": voltage_kv, "cs_mm": cs_mm,
             "amplitude_contrast": amplitude_contrast, "patches": patches, "surface": surface,
-            "options": options.__dict__, "micrographs": [it.path for it in items],
+            "options": dataclasses.asdict(options), "micrographs": [it.path for it in items],
         },
         inputs=[Path(it.path) for it in items if Path(it.path).is_file()]
         + [p for p in micrographs if p.suffix.lower() == ".star"],

@@ -18,19 +18,21 @@ from cryoset.errors import InputError
 
 #: Modules under ``cryoset.cli`` whose ``register`` adds commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "info",
     "validate",
     "convert",
-    "fetch",
-    "store",
-    "trace",
     "simulate",
-    "maps",
-    "pick",
     "ctf",
-    "build",
+    "pick",
     "classify",
     "reconstruct",
+    "maps",
+    "trace",
+    "store",
+    "build",
+    "fetch",
+    "datasets",
 )
 
 

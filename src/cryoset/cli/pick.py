@@ -93,6 +93,34 @@ def _picks_for(picks_dir: Path, key: str, shape: tuple[int, int]) -> Any:
     return None
 
 
+def _mask_for(mask_dir: Path, key: str, shape: tuple[int, ...]) -> Any:
+    """The boolean mask (True = reject) of a micrograph, or None when the directory has none."""
+    from cryoset.io.images import read_image
+
+    if not mask_dir.is_dir():
+        raise InputError(mask_dir, "is not a directory")
+    for p in sorted(mask_dir.iterdir()):
+        if p.is_file() and micrograph_key(p.name) == key:
+            data = read_image(p, permissive=True).data
+            if data.shape != tuple(shape):
+                raise InputError(p, f"mask shape {data.shape} differs from the micrograph {tuple(shape)}")
+            return data != 0
+    return None
+
+
+def _ctf_resolutions(path: Path) -> dict[str, float]:
+    from cryoset.io.star import read_star
+
+    out: dict[str, float] = {}
+    for df in read_star(path).values():
+        if "rlnMicrographName" in df.columns and "rlnCtfMaxResolution" in df.columns:
+            for name, res in zip(df["rlnMicrographName"], df["rlnCtfMaxResolution"], strict=True):
+                out[micrograph_key(str(name))] = float(res)
+    if not out:
+        raise InputError(path, "has no table with rlnMicrographName and rlnCtfMaxResolution")
+    return out
+
+
 def _ctf_table(path: Path) -> dict[str, Any]:
     from cryoset.ctf.model import CTFParams
     from cryoset.io.star import read_star
@@ -155,6 +183,9 @@ def register(app: typer.Typer) -> None:
         min_ncc: float | None = typer.Option(None, "--min-ncc", help="Inspection: reject picks with NCC below this."),
         min_power: float | None = typer.Option(None, "--min-power", help="Inspection: reject picks with power below this."),
         max_power: float | None = typer.Option(None, "--max-power", help="Inspection: reject picks with power above this."),
+        mask_dir: Path | None = typer.Option(None, "--mask-dir", help="Inspection: carbon/ice masks <micrograph>.png/.mrc (non-zero = reject)."),
+        ctf: Path | None = typer.Option(None, "--ctf", help="Inspection: micrograph CTF STAR with rlnCtfMaxResolution."),
+        max_ctf_resolution: float | None = typer.Option(None, "--max-ctf-resolution", help="Inspection: reject micrographs whose CTF fit is worse than this (Å)."),
         light_particles: bool = typer.Option(False, "--light-particles", help="Particles are brighter than the background."),
         fmt: str = typer.Option("star", "--format", help="Output coordinate format: star, box, csv, cbox, topaz, cs."),
     ) -> None:
@@ -192,13 +223,19 @@ def register(app: typer.Typer) -> None:
             tmpl_px = float(template_pixel_size or st.pixel_size_a or 0.0)
         if method == "import" and import_dir is None:
             raise InputError("--import-dir", "--method import needs --import-dir")
-        inspection = InspectionSettings(min_ncc=min_ncc, min_power=min_power, max_power=max_power)
+        inspection = InspectionSettings(min_ncc=min_ncc, min_power=min_power, max_power=max_power,
+                                        max_ctf_resolution_a=max_ctf_resolution)
+        ctf_res = _ctf_resolutions(ctf) if ctf is not None else None
+        if max_ctf_resolution is not None and ctf_res is None:
+            raise InputError("--max-ctf-resolution", "needs --ctf with rlnCtfMaxResolution")
         suffix = {"star": ".star", "box": ".box", "csv": ".csv", "cbox": ".cbox", "topaz": ".txt",
                   "cs": ".cs"}[fmt]
         params = {"diameter_a": diameter_a, "method": method, "threshold": threshold,
                   "min_distance_fraction": min_distance, "min_ncc": min_ncc, "min_power": min_power,
                   "max_power": max_power, "dark_particles": not light_particles, "format": fmt}
-        prov = make_provenance("pick", params, [*micrographs, *([templates] if templates else [])])
+        params.update({"max_ctf_resolution_a": max_ctf_resolution, "mask_dir": mask_dir})
+        prov = make_provenance("pick", params, [*micrographs, *([templates] if templates else []),
+                                                *([ctf] if ctf else [])])
         rejected_all: list[pd.DataFrame] = []
         heights: dict[str, int] = {}
         summary: list[dict[str, Any]] = []
@@ -219,7 +256,8 @@ def register(app: typer.Typer) -> None:
                                           dark_particles=not light_particles)
                     df = pick_templates(image, px, tmpl, tmpl_px or px, ts, micrograph=name)
                 else:
-                    assert import_dir is not None
+                    if import_dir is None:  # checked above; keeps the type checker informed
+                        raise InputError("--import-dir", "--method import needs --import-dir")
                     imp = _picks_for(import_dir, micrograph_key(name), image.shape)
                     if imp is None:
                         raise InputError(import_dir, f"has no picks for {name}")
@@ -229,7 +267,13 @@ def register(app: typer.Typer) -> None:
                     if threshold is not None:
                         df = df[df["score"] >= threshold].reset_index(drop=True)
                 df["micrograph_pixel_size_a"] = px
-                accepted, rejected = inspect_picks(df, inspection)
+                masks = None
+                if mask_dir is not None:
+                    mask = _mask_for(mask_dir, micrograph_key(name), image.shape)
+                    masks = {name: mask} if mask is not None else None
+                res_map = ({name: ctf_res[micrograph_key(name)]}
+                           if ctf_res and micrograph_key(name) in ctf_res else None)
+                accepted, rejected = inspect_picks(df, inspection, ctf_resolution_a=res_map, masks=masks)
                 write_coords(out / (micrograph_key(name) + suffix), accepted,
                              micrograph_shape=image.shape, provenance=prov)
                 rejected_all.append(rejected)

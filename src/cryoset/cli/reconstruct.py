@@ -63,7 +63,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Reconstruct a map from particles with known poses (Wiener-weighted direct Fourier
         inversion), with half maps, gold-standard FSC (0.143), an optional FSC against a
-        reference map, and an FSC plot."""
+        reference map, and an FSC plot.
+
+        Examples: [bold]cryoset reconstruct particles.star --out map.mrc[/bold];
+        [bold]cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd.map --box 96[/bold]
+        """
         from rich.console import Console
         from rich.progress import Progress
 

@@ -7,21 +7,23 @@ Pipeline (all pure numpy/scipy, arrays in, dataclasses out):
    is cut into ``tile_px`` tiles (50 % overlap unless there are already ≥ 36 tiles), each
    tile has its mean removed and a 2D Hann window applied, and the power spectra of the
    tiles are averaged (Welch). The fit uses the amplitude ``√P``.
-2. **Background** (:func:`_background`). First pass: a moving average of the rotational
-   profile over a fixed window. After the 1D defocus search, the moving average is taken
-   over exactly one Thon-ring period at each frequency (known from the defocus), which
-   averages ``sin²χ`` to ½ and leaves the smooth ``background + envelope/2``. The
-   residual is divided by its local RMS (so every frequency weighs the same).
-3. **1D search**: the rotational average of the normalised residual is correlated with
-   ``sin²χ(s; Δf)`` for log-spaced defoci (0.3 % steps) (and phase shifts), then refined
-   by a bounded scalar search.
+2. **1D search**: background = moving average of the radial profile over a fixed window,
+   residual divided by its local RMS; its rotational average is correlated with
+   ``sin²χ(s; Δf)`` for log-spaced defoci (0.3 % steps; and phase shifts), then refined by
+   a bounded scalar search. The 1D band stops where astigmatism would wash rings out.
+3. **Model-aware background** (:func:`_model_normalise`): on the equiphase profile the
+   background at each radius is the intercept of a local fit
+   ``B₀ + B₁r + (E₀ + E₁r)·sin²χ(r)`` over ±1 ring period (a moving average over one period
+   where rings are narrow); residual / local RMS. The 1D search is repeated twice on it.
 4. **2D refinement**: the defocus is written ``Δf(θ) = D + a_x cos 2θ + a_y sin 2θ``
    (linear in the parameters, no singularity at zero astigmatism); a coarse grid over
-   ``(a_x, a_y)`` then Nelder–Mead maximise the normalised cross-correlation between the 2D
-   residual and ``sin²χ`` in the fitting band. ``U = D + a``, ``V = D − a``,
-   ``angle = ½ atan2(a_y, a_x)``.
+   ``(a_x, a_y)``, then BFGS with the analytic gradient maximises the correlation of the 2D
+   residual with ``sin²χ`` on a band widened in steps up to the limit; the background is
+   recomputed from the astigmatic fit and the last stage repeated; finally the
+   astigmatism is refitted with shells weighted by their correlation.
+   ``U = D + a``, ``V = D − a``, ``angle = ½ atan2(a_y, a_x)``.
 5. **Quality**: the cross-correlation curve is computed in shells at least one ring
-   period wide; the **fit resolution** is where it first drops below 0.3; the **figure of
+   period wide; the **fit resolution** is where it drops below 0.3; the **figure of
    merit** is the cross-correlation over the fitting band. The **ice-ring ratio** is the
    mean amplitude in 3.5–3.9 Å over that in the flanking 3.2–3.4 Å and 4.0–4.5 Å bands
    (≈ 1 for thin vitreous ice or none; NaN when Nyquist is coarser than 3.2 Å).
@@ -29,6 +31,7 @@ Pipeline (all pure numpy/scipy, arrays in, dataclasses out):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -103,6 +106,9 @@ class EstimateOptions:
         Also fit a phase shift (phase plate data), 0–180°.
     max_astigmatism_a
         Half-width of the initial astigmatism grid (|U − V| up to twice this is reachable).
+    snr_weighting
+        Finish with an astigmatism fit whose shells are weighted by their correlation
+        (see :func:`_weighted_refit`).
     """
 
     tile_px: int = 512
@@ -113,6 +119,7 @@ class EstimateOptions:
     defocus_max_a: float = 80000.0
     fit_phase_shift: bool = False
     max_astigmatism_a: float = 1200.0
+    snr_weighting: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_px < _MIN_TILE_PX:
@@ -588,6 +595,35 @@ def _local_fit(
     return unpack(np.asarray(res.x, dtype=np.float64)), float(-res.fun)
 
 
+def _weighted_refit(
+    z: NDArray[np.float64],
+    grid: _Grid,
+    x: NDArray[np.float64],
+    lam: float,
+    cs_a: float,
+    w: float,
+    s_lo: float,
+    s_hi: float,
+    half_width: NDArray[np.float64],
+    free: tuple[bool, bool, bool, bool],
+) -> NDArray[np.float64]:
+    """Refit with every shell weighted by its own (clipped) correlation with the fit.
+
+    Shells where the rings are lost in noise add only noise to an equally weighted
+    correlation; weighting by the shell correlation (a matched-filter approximation)
+    sharpens the optimum, mostly the astigmatism angle.
+    """
+    full = _Band(z, grid.s**2, grid.s**4, grid.cos2, grid.sin2)
+    fitted = _model(_chi(full, x[0], x[1], x[2], x[3], lam, cs_a, w))
+    cc = _shell_cc(z, fitted, grid, np.maximum(half_width, 2.5))
+    weights = np.clip(cc, 0.0, None)
+    if not np.any(weights[grid.rbin] > 0):
+        return x
+    band = _band(z * weights[grid.rbin], grid, s_lo, s_hi)
+    x_new, _ = _local_fit(band, x, lam, cs_a, w, free)
+    return x_new
+
+
 def _params_from(
     x: NDArray[np.float64], ph: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float
 ) -> CTFParams:
@@ -685,8 +721,9 @@ def fit_defocus_in_spectrum(
     """
     opts = options or EstimateOptions()
     if defocus_range_a is not None:
-        opts = EstimateOptions(**{**opts.__dict__, "defocus_min_a": defocus_range_a[0],
-                                  "defocus_max_a": defocus_range_a[1]})
+        opts = dataclasses.replace(
+            opts, defocus_min_a=defocus_range_a[0], defocus_max_a=defocus_range_a[1]
+        )
     CTFParams(1.0, 1.0, 0.0, voltage_kv, cs_mm, amplitude_contrast)  # validates the constants
     lam = electron_wavelength_a(voltage_kv)
     cs_a = cs_mm * 1e7
@@ -728,7 +765,7 @@ def fit_defocus_in_spectrum(
     for _ in range(2):
         z = _model_normalise(amplitude, grid, np.array([d2, 0.0, 0.0, ph]), lam, cs_a, w, model_window(d2))
         prof2 = grid.radial_mean(z)
-        near = EstimateOptions(**{**opts.__dict__, "defocus_min_a": d2 * 0.9, "defocus_max_a": d2 * 1.1})
+        near = dataclasses.replace(opts, defocus_min_a=d2 * 0.9, defocus_max_a=d2 * 1.1)
         d2, ph = _search_1d(prof2[sel], s_bins[sel], lam, cs_a, w, near)
 
     # Rings closer than 3 spectrum pixels are not resolved: cap the band there.
@@ -771,6 +808,13 @@ def fit_defocus_in_spectrum(
                     x, fom = _local_fit(band, x, lam, cs_a, w, (True, True, True, opts.fit_phase_shift))
                 else:
                     x, fom = _local_fit(band, x, lam, cs_a, w, (True, False, False, opts.fit_phase_shift))
+                if opts.snr_weighting and fixed_astigmatism is None:
+                    # Astigmatism only: weighting sharpens the angle (median error 2.4° →
+                    # 1.4° at |U − V| = 300–800 Å) but biases low-defocus D, kept unweighted.
+                    hw = ring_half_width(float(x[0]))
+                    free = (False, True, True, False)
+                    x = _weighted_refit(z, grid, x, lam, cs_a, w, s_lo, s_k, hw, free)
+                    fom = _cc(band.z, _model(_chi(band, x[0], x[1], x[2], x[3], lam, cs_a, w)))
     ph_fit = float(x[3])
     params = _params_from(x, ph_fit, voltage_kv, cs_mm, amplitude_contrast)
 

@@ -17,7 +17,8 @@ Frames and names:
   from the header; "lite" JPG/PNG micrographs may be downsampled, so pass
   ``original_shape=(ny, nx)`` when they are (default: the image's own shape).
 * ``micrograph`` is the file stem (``<mic>``, no directory, no suffix), so an MRC, its JPG
-  lite version and the ``Micrographs Filename`` of the 14-column CSV name the same thing.
+  lite version and the ``Micrographs Filename`` of the 14-column CSV name the same thing;
+  the name as written is kept in the extra column ``micrograph_file`` (and written back).
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ from cryoset.io.cryovirusdb import read_cryovirusdb, write_cryovirusdb
 
 MICROGRAPH_SUFFIXES: tuple[str, ...] = (".mrc", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _MRC = (".mrc", ".mrcs", ".map")
+#: Extra column keeping the ``Micrographs Filename`` as written (the writer puts it back).
+MICROGRAPH_FILE = "micrograph_file"
 
 
 def micrograph_stem(name: str) -> str:
     """``"dir/abc.mrc"`` → ``"abc"`` (the canonical micrograph key of this layout)."""
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in MICROGRAPH_SUFFIXES + (".mrcs", ".csv"):
+    for suffix in (*MICROGRAPH_SUFFIXES, ".mrcs", ".csv"):
         if base.lower().endswith(suffix):
             return base[: -len(suffix)]
     return base
@@ -148,6 +151,8 @@ def _read_csv(path: Path, shape: tuple[int, int] | None, micrograph: str | None,
                          "(pass original_shape)")
     table = read_cryovirusdb(path, micrograph=micrograph, micrograph_shape=shape, permissive=permissive)
     variant = table.attrs.get("cryovirusdb_variant", "")
+    if variant != "per_micrograph":
+        table[MICROGRAPH_FILE] = table[S.MICROGRAPH].astype(str).to_numpy()
     table[S.MICROGRAPH] = [micrograph_stem(m) for m in table[S.MICROGRAPH].astype(str)]
     table.attrs["cryovirusdb_variant"] = variant
     return table
@@ -247,6 +252,8 @@ def write_cryoppp(entry: CryopppEntry, out_dir: str | os.PathLike[str]) -> Path:
         shapes = {entry.coordinate_shape(str(m)) for m in table[S.MICROGRAPH].unique()}
         if len(shapes) != 1:
             raise InputError(out, f"{rel}: micrographs of different shapes cannot share one flipped CSV")
+        if MICROGRAPH_FILE in table:
+            table = table.assign(**{S.MICROGRAPH: table[MICROGRAPH_FILE]})
         write_cryovirusdb(gt / rel, table, micrograph_shape=shapes.pop(), variant=kind)  # type: ignore[arg-type]
     return out
 

@@ -170,7 +170,7 @@ def registry() -> dict[str, DatasetSpec]:
             layout="cryopanda",
             sources=(Source("all", None, None, "one <EMPIAR>_particles.h5 per experiment"),),
             select_by="empiar",
-            reference="cryoPANDA (bioRxiv 2025); code github.com/azamanos/cryoPANDA",
+            reference="cryoPANDA (bioRxiv preprint); code on GitHub (azamanos/cryoPANDA…, name truncated in our copy)",
             not_known="the host and the record id: the paper summary we have names neither. Pass --record "
                       "(a Zenodo record id, or doi:… for a Dataverse dataset) and --base-url unless the host "
                       "is zenodo.org or dataverse.harvard.edu.",
@@ -277,7 +277,7 @@ def dataverse_files(answer: Any, base_url: str, source: str, where: str) -> list
         if "id" not in df:
             raise InputError(where, f"file {entry.get('label')!r} has no dataFile.id")
         original = df.get("originalFileName")
-        name = original or entry.get("label") or df.get("filename")
+        name = str(original or entry.get("label") or df.get("filename") or df["id"])
         key = str(PurePosixPath(entry["directoryLabel"]) / name) if entry.get("directoryLabel") else str(name)
         url = f"{base_url}/api/access/datafile/{int(df['id'])}" + ("?format=original" if original else "")
         size = df.get("originalFileSize") if original else df.get("filesize")
@@ -378,10 +378,11 @@ def download_dataset(spec: DatasetSpec, out_dir: str | os.PathLike[str], client:
             dest = out.joinpath(*key.parts)
             _place(cached, dest)
             result.files.append({**asdict(rf), "path": str(dest), "extracted": False})
-    params = {"dataset": spec.name, "subsets": list(subsets), "record": record, "base_url": base_url,
+    params: dict[str, Any] = {"dataset": spec.name, "subsets": list(subsets), "record": record, "base_url": base_url,
               "match": match}
     write_text_atomic(out / MANIFEST_NAME, json.dumps({"dataset": spec.name, "files": result.files},
                                                       indent=2) + "\n")
-    write_provenance(out, make_provenance("datasets download", params,
-                                          [p for p in result.paths if p.is_file()]))
+    params["files"] = [{"key": f["key"], "url": f["url"], "checksum": f["checksum"]} for f in result.files]
+    # the host checksums identify the inputs; re-hashing multi-GB files here would double the cost
+    write_provenance(out, make_provenance("datasets download", params))
     return result

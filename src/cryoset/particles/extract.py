@@ -127,9 +127,10 @@ def cut_boxes(
     kept = (j >= 0) & (i >= 0) & (j + box_px <= img.shape[1]) & (i + box_px <= img.shape[0])
     kept &= np.isfinite(p).all(axis=1)
     idx = np.flatnonzero(kept)
-    out = np.empty((len(idx), box_px, box_px), dtype=np.float32)
-    for k, r in enumerate(idx):
-        out[k] = img[i[r] : i[r] + box_px, j[r] : j[r] + box_px]
+    if len(idx) == 0:
+        return np.zeros((0, box_px, box_px), dtype=np.float32), kept
+    windows = np.lib.stride_tricks.sliding_window_view(img, (box_px, box_px))
+    out = np.ascontiguousarray(windows[i[idx], j[idx]], dtype=np.float32)
     return out, kept
 
 
@@ -161,17 +162,18 @@ def normalise_background(stack: ArrayLike, bg_radius_px: float) -> NDArray[np.fl
         Radius (pixels) around the box centre ``(b//2, b//2)``; pixels strictly farther
         are background. A box whose background is constant is only mean-subtracted.
     """
-    s = np.asarray(stack, dtype=np.float64)
+    s = np.asarray(stack, dtype=np.float32)
     b = s.shape[-1]
     yy, xx = np.mgrid[0:b, 0:b] - b // 2
-    bg = (xx * xx + yy * yy) > bg_radius_px * bg_radius_px
+    bg = ((xx * xx + yy * yy) > bg_radius_px * bg_radius_px).reshape(-1)
     if not bg.any():
         raise InputError("bg-radius", f"{bg_radius_px} leaves no background in a {b}-pixel box")
-    vals = s[:, bg]
+    vals = s.reshape(len(s), -1)[:, bg].astype(np.float64)  # statistics in double precision
     mean = vals.mean(axis=1)
     sd = vals.std(axis=1)
     sd = np.where(sd > 0, sd, 1.0)
-    return np.asarray((s - mean[:, None, None]) / sd[:, None, None], dtype=np.float32)
+    out = (s - mean[:, None, None].astype(np.float32)) * (1.0 / sd)[:, None, None].astype(np.float32)
+    return np.asarray(out, dtype=np.float32)
 
 
 @dataclass
@@ -281,9 +283,7 @@ def extract_particles(
         stack = normalise_background(
             stack, default_bg_radius_px(m) if bg_radius_px is None else bg_radius_px
         )
-    table["image_index"] = np.arange(len(table), dtype=np.int64)
-    table["image_size_px"] = m
-    table["pixel_size_a"] = out_px
-    table["micrograph_pixel_size_a"] = float(pixel_size_a)
+    table = table.assign(image_index=np.arange(len(table), dtype=np.int64), image_size_px=m,
+                         pixel_size_a=out_px, micrograph_pixel_size_a=float(pixel_size_a))
     skipped = picks.loc[~kept].reset_index(drop=True)
     return ExtractionResult(np.asarray(stack, dtype=np.float32), table, skipped, out_px)

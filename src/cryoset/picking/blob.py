@@ -4,8 +4,10 @@ Steps (all parameters derive from the particle diameter ``d``):
 
 1. Fourier-crop the micrograph so the particle is ``WORK_DIAMETER_PX`` (20) pixels across
    (never up-sampled); this low-passes it at ≈ d/10.
-2. Normalise to median 0, sd 1, and negate when particles are dark (the default: raw
-   under-focused micrographs show protein dark on light).
+2. Flatten: subtract the local mean and divide by the local sd (Gaussian windows of sd
+   ``2 d``) so carbon, thick ice and gradients do not dominate; then median 0, sd 1, and
+   negate when particles are dark (the default: raw under-focused micrographs show protein
+   dark on light).
 3. For ``N_SCALES`` (5) diameters ``d_k`` evenly spaced in ``[d_min, d_max]`` (default
    ``[0.8 d, 1.2 d]``) compute the scale-normalised response ``−σ² ∇²G_σ * I`` with
    ``σ = d_k / (2√2)`` (the scale at which a uniform disk of diameter ``d_k`` gives its
@@ -114,7 +116,7 @@ def prepare_micrograph(
     Returns
     -------
     work : ndarray of float32, shape (my, mx)
-        Median 0, sd 1, particles bright.
+        Locally flattened, then median 0, sd 1; particles bright.
     factor : float
         ``nx / mx``: a working pixel ``(x, y)`` is at ``(x, y) · factor`` in the micrograph.
     """
@@ -129,6 +131,13 @@ def prepare_micrograph(
     factor = nx / mx
     my = min(ny, max(8, round(ny / factor)))
     work = fourier_crop(img, (my, mx)).astype(np.float64)
+    # local flattening: remove the local mean and divide by the local sd (Gaussian windows
+    # of sd 2 d), so carbon, thick ice and gradients do not dominate the global statistics
+    s = 2.0 * diameter_px / factor
+    work -= ndimage.gaussian_filter(work, s, mode="reflect")
+    local_sd = np.sqrt(ndimage.gaussian_filter(work * work, s, mode="reflect"))
+    floor = 1e-6 * float(local_sd.max()) if local_sd.size else 0.0
+    work = work / np.maximum(local_sd, floor) if floor > 0 else work
     work -= np.median(work)
     sd = float(work.std())
     if sd > 0:

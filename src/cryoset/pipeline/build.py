@@ -131,6 +131,26 @@ def run_experiment(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
     return summary
 
 
+def _task(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
+          before_stage: StageHook | None = None) -> dict[str, Any]:
+    """:func:`run_experiment` for a pool or Dask worker.
+
+    Bad input is returned as ``{"input_error": (path, message)}`` instead of raised
+    (:class:`InputError` does not survive pickling) and is never retried.
+    """
+    try:
+        return run_experiment(exp, cfg, out_dir, before_stage)
+    except InputError as exc:
+        return {"input_error": (exc.path, exc.message)}
+
+
+def _unwrap(res: dict[str, Any]) -> dict[str, Any]:
+    if "input_error" in res:
+        path, message = res["input_error"]
+        raise InputError(path, message)
+    return res
+
+
 def _progress(enabled: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -148,12 +168,12 @@ def _run_local(exps: list[dict[str, Any]], cfg: dict[str, Any], out: Path, worke
     while pending:
         failed: list[dict[str, Any]] = []
         with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as pool:
-            futures = {pool.submit(run_experiment, e, cfg, str(out), hook): e for e in pending}
+            futures = {pool.submit(_task, e, cfg, str(out), hook): e for e in pending}
             for fut in cf.as_completed(futures):
                 exp = futures[fut]
                 attempts[exp["id"]] += 1
                 try:
-                    res = fut.result()
+                    res = _unwrap(fut.result())
                 except InputError:
                     raise
                 except Exception as exc:  # a crash or a dead worker: retry
@@ -175,12 +195,11 @@ def _run_dask(exps: list[dict[str, Any]], cfg: dict[str, Any], out: Path, client
     from dask.distributed import as_completed
 
     results: dict[str, dict[str, Any]] = {}
-    futures = {client.submit(run_experiment, e, cfg, str(out), hook, pure=False,
+    futures = {client.submit(_task, e, cfg, str(out), hook, pure=False,
                              retries=retries): e for e in exps}
     for fut in as_completed(list(futures)):
         exp = futures[fut]
-        res = fut.result()
-        results[exp["id"]] = res
+        results[exp["id"]] = _unwrap(fut.result())
         on_done(exp["id"])
     return results
 
@@ -217,6 +236,8 @@ def run_build(config: str | os.PathLike[str] | Mapping[str, Any], out_dir: str |
     from cryoset.provenance import make_provenance, write_provenance
     from cryoset.store import ParticleStore
 
+    if scheduler is not None and dask_local is not None:
+        raise InputError("--scheduler", "give either a scheduler address or --dask-local")
     cfg = load_config(config)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +246,9 @@ def run_build(config: str | os.PathLike[str] | Mapping[str, Any], out_dir: str |
         ParticleStore.create(store_path, encoding=cfg["store"]["encoding"],
                              chunk_particles=int(cfg["store"]["chunk_particles"]))
     exps = list(cfg["experiments"])
+    for exp in exps:  # fail fast on missing local micrographs
+        if exp["kind"] == "local":
+            st.local_micrographs(exp, cfg)
     retries = int(cfg["execution"]["retries"])
     with _progress(progress) as bar:
         task = bar.add_task("building experiments", total=len(exps))
@@ -235,8 +259,6 @@ def run_build(config: str | os.PathLike[str] | Mapping[str, Any], out_dir: str |
         if scheduler is not None or dask_local is not None:
             from dask.distributed import Client, LocalCluster
 
-            if scheduler is not None and dask_local is not None:
-                raise InputError("--scheduler", "give either a scheduler address or --dask-local")
             if isinstance(scheduler, Client):
                 results = _run_dask(exps, cfg, out, scheduler, retries, before_stage, done)
             elif scheduler is not None:
@@ -245,7 +267,7 @@ def run_build(config: str | os.PathLike[str] | Mapping[str, Any], out_dir: str |
             else:
                 n = int(dask_local or 1)
                 with LocalCluster(n_workers=n, threads_per_worker=1, processes=dask_processes,
-                                  dashboard_address=None) as cluster, Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, Client(cluster) as client:
                     results = _run_dask(exps, cfg, out, client, retries, before_stage, done)
         else:
             n_workers = int(workers if workers is not None else cfg["execution"]["workers"])

@@ -162,9 +162,12 @@ def export_hdf5(store: ParticleStore, selection: Selection, path: str | os.PathL
     return Path(path)
 
 
-def import_hdf5(path: str | os.PathLike[str], store: ParticleStore, experiment_id: str, *,
-                provenance: dict[str, Any] | None = None) -> int:
-    """Add a cryoPANDA-style HDF5 file to ``store`` as one experiment (lossless for uint8 stores)."""
+def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The ``annotations`` of a cryoPANDA-style HDF5 file as a table (one row per image).
+
+    Checks the layout (``images`` (n, y, x), ``annotations`` a JSON dict of lists of
+    length n) and raises :class:`InputError` naming the file otherwise.
+    """
     import h5py
 
     p = Path(path)
@@ -175,18 +178,39 @@ def import_hdf5(path: str | os.PathLike[str], store: ParticleStore, experiment_i
     with h5:
         if "images" not in h5 or "annotations" not in h5:
             raise InputError(p, "lacks the 'images' and/or 'annotations' datasets")
-        images = np.asarray(h5["images"])
+        shape = h5["images"].shape
         raw = h5["annotations"][()]
+    if len(shape) != 3:
+        raise InputError(p, f"images must be (n, y, x), got shape {shape}")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     try:
-        annotations = json.loads(text)
+        annotations: Any = json.loads(text)
     except ValueError as exc:
         raise InputError(p, f"annotations are not valid JSON ({exc})") from None
-    if not isinstance(annotations, dict):
+    if not isinstance(annotations, dict) or not all(isinstance(v, list) for v in annotations.values()):
         raise InputError(p, "annotations are not a JSON dict of lists")
+    lengths = {len(v) for v in annotations.values()}
+    if lengths and lengths != {shape[0]}:
+        raise InputError(p, f"annotation lists have lengths {sorted(lengths)} for {shape[0]} images")
     table = pd.DataFrame(annotations)
-    if len(table) != len(images):
-        raise InputError(p, f"{len(table)} annotation rows for {len(images)} images")
+    for col in table.columns:
+        if table[col].dtype == object:
+            converted = pd.to_numeric(table[col], errors="coerce")
+            if converted.notna().sum() == table[col].notna().sum():
+                table[col] = converted.astype(np.float64)
+    return table
+
+
+
+def import_hdf5(path: str | os.PathLike[str], store: ParticleStore, experiment_id: str, *,
+                provenance: dict[str, Any] | None = None) -> int:
+    """Add a cryoPANDA-style HDF5 file to ``store`` as one experiment (lossless for uint8 stores)."""
+    import h5py
+
+    p = Path(path)
+    table = read_hdf5_annotations(p)
+    with h5py.File(p, "r") as h5:
+        images = np.asarray(h5["images"])
     table = table.drop(columns=[c for c in ("experiment_id", "particle_index") if c in table])
     has_scaling = all(c in table for c in _STORE_ONLY)
     if images.dtype == np.uint8 and has_scaling and store.encoding == "uint8":

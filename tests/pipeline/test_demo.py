@@ -1,0 +1,24 @@
+"""`cryoset demo --quick` end to end: every step runs and the numbers against the truth are sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_demo(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--quick")
+    assert code == 0, err
+    demo = tmp_path / "demo"
+    report = (demo / "report.html").read_text()
+    assert "Picking against the simulated truth" in report and "Dataset build" in report
+    metrics = json.loads((demo / "demo.json").read_text())["metrics"]
+    assert metrics["recall"] >= 0.6
+    assert metrics["median CTF defocus error (%)"] < 2.0
+    assert metrics["traced residues matched (%)"] >= 90.0
+    assert (demo / "provenance.json").exists()
+    for png in ("figures/micrograph_0000_picks.png", "classes/class_averages.png"):
+        assert (demo / png).stat().st_size > 1000
