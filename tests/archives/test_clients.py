@@ -39,6 +39,10 @@ def _routes() -> dict[str, Route]:
         "/emdb/EMD-2660/map/emd_2660.map.gz": Route(body=gzip.compress(MAP_BYTES)),
         "/emdb/EMD-2660/other/emd_2660_half_map_1.map.gz": Route(body=gzip.compress(b"h1")),
         "/emdb/EMD-2660/other/emd_2660_half_map_2.map.gz": Route(body=gzip.compress(b"h2")),
+        "/emdb/EMD-2660/masks/": Route(body=b'<html><a href="../">up</a><a href="emd_2660_msk_1.map.gz">m</a>'
+                                       b'<a href="notes.txt">n</a></html>', content_type="text/html"),
+        "/emdb/EMD-2660/masks/emd_2660_msk_1.map.gz": Route(body=gzip.compress(b"mask-bytes")),
+        "/emdb/EMD-2660/masks/notes.txt": Route(body=b"notes"),
         "/pdb/fasta/3J79": Route(body=fx.FASTA_3J79.encode(), content_type="text/plain"),
         "/pdb/fasta/3J7A": Route(body=fx.FASTA_3J7A.encode(), content_type="text/plain"),
         "/pdb/files/3J79.cif.gz": Route(body=gzip.compress(b"data_3J79\n")),
@@ -108,6 +112,10 @@ def test_emdb_entry_and_maps(archive: tuple[str, HttpClient]) -> None:
     paths = http.download_many([client.map_request(2660), *client.half_map_requests(2660)])
     assert paths[0].read_bytes() == MAP_BYTES and paths[0].name == "emd_2660.map"
     assert paths[2].read_bytes() == b"h2"
+    masks = http.download_many(client.mask_requests("EMD-2660"))
+    assert [p.name for p in masks] == ["emd_2660_msk_1.map", "notes.txt"]
+    assert masks[0].read_bytes() == b"mask-bytes"
+    assert EmdbClient(http, f"{base}/emdb").mask_requests(1234) == []  # no masks directory: 404 → none
 
 
 def test_emdb_bad_xml() -> None:
@@ -157,9 +165,9 @@ def test_cli_fetch(archive: tuple[str, HttpClient], run_cli, monkeypatch: pytest
     summary = json.loads(out)
     assert len(summary["downloaded"]) == 1 and Path(summary["downloaded"][0]).exists()
     assert Path(summary["downloaded"][0] + ".provenance.json").exists()
-    code, out, err = run_cli("fetch", "emdb", "EMD-2660", "--half-maps", "--cache", cache, "--json")
+    code, out, err = run_cli("fetch", "emdb", "EMD-2660", "--half-maps", "--masks", "--cache", cache, "--json")
     assert code == 0, err
-    assert len(json.loads(out)["downloaded"]) == 3
+    assert len(json.loads(out)["downloaded"]) == 5
     records = tmp_path / "experiments.json"
     code, out, err = run_cli("fetch", "record", "EMPIAR-10028", "--cache", cache, "--out", records, "--json")
     assert code == 0, err

@@ -149,6 +149,32 @@ class EmdbClient:
         return DownloadRequest(url=f"{self._base(eid)}/map/emd_{eid}.map.gz",
                                dest=Path(dest_root, f"EMD-{eid}", f"emd_{eid}.map"), decompress_gzip=True)
 
+    def mask_requests(self, emdb_id: str | int, dest_root: str = "emdb") -> list[DownloadRequest]:
+        """Every file in the entry's ``masks/`` directory (listed from its HTML index; none → [])."""
+        from html.parser import HTMLParser
+        from urllib.parse import unquote
+
+        eid = normalise_emdb_id(emdb_id)
+        base = f"{self._base(eid)}/masks/"
+        try:
+            index = self.http.get_bytes(base).decode("utf-8", "replace")
+        except DownloadError as exc:
+            if "HTTP 404" in str(exc):
+                return []
+            raise
+        links: list[str] = []
+
+        class _Links(HTMLParser):
+            def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+                if tag == "a":
+                    links.extend(v for k, v in attrs if k == "href" and v)
+
+        _Links().feed(index)
+        names = sorted({unquote(h) for h in links
+                        if not h.startswith(("?", "/", "#", "..")) and "://" not in h and not h.endswith("/")})
+        return [DownloadRequest(url=base + name, dest=Path(dest_root, f"EMD-{eid}", "masks", name.removesuffix(".gz")),
+                                decompress_gzip=name.endswith(".gz")) for name in names]
+
     def half_map_requests(self, emdb_id: str | int, dest_root: str = "emdb") -> list[DownloadRequest]:
         eid = normalise_emdb_id(emdb_id)
         return [DownloadRequest(url=f"{self._base(eid)}/other/emd_{eid}_half_map_{k}.map.gz",

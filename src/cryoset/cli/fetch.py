@@ -10,7 +10,7 @@ Examples::
 
     cryoset fetch empiar 10028 --json                 # entry metadata
     cryoset fetch empiar 10028 --files '*.mrc' --count 5
-    cryoset fetch emdb 5168 --half-maps
+    cryoset fetch emdb 5168 --half-maps --masks
     cryoset fetch pdb 3MFP
     cryoset fetch record EMPIAR-10028 EMD-5168 --out experiments.json
 """
@@ -127,10 +127,11 @@ def emdb_cmd(
     emdb_id: str = typer.Argument(..., help="EMDB accession, e.g. 5168 or EMD-5168."),
     metadata_only: bool = typer.Option(False, "--metadata-only", help="Do not download the map."),
     half_maps: bool = typer.Option(False, "--half-maps", help="Also download the half maps."),
+    masks: bool = typer.Option(False, "--masks", help="Also download the deposited masks."),
     cache: Path | None = CacheOpt, offline: bool = OfflineOpt, workers: int = WorkersOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """EMDB entry metadata and its map (``.map.gz`` decompressed on arrival)."""
+    """EMDB entry metadata and its map, half maps and masks (``.gz`` decompressed on arrival)."""
     http = _http(cache, offline)
     client = _emdb(http)
     entry = client.entry(emdb_id)
@@ -139,6 +140,8 @@ def emdb_cmd(
         reqs = [client.map_request(entry.emdb_id)]
         if half_maps:
             reqs += client.half_map_requests(entry.emdb_id)
+        if masks:
+            reqs += client.mask_requests(entry.emdb_id)
         summary["downloaded"] = [str(p) for p in _download(http, reqs, workers)]
     _emit(summary, as_json)
 
