@@ -17,6 +17,8 @@ def test_quick_demo(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped
     assert "Picking against the simulated truth" in report and "Dataset build" in report
     metrics = json.loads((demo / "demo.json").read_text())["metrics"]
     assert metrics["recall"] >= 0.6
+    assert metrics["precision"] >= 0.8  # carbon/contamination picks rejected with the simulator's masks
+    assert sorted(p.name for p in (demo / "sim" / "masks").iterdir()) == ["micrograph_0000.png", "micrograph_0001.png"]
     assert metrics["median CTF defocus error (%)"] < 2.0
     assert metrics["traced residues matched (%)"] >= 90.0
     assert (demo / "provenance.json").exists()

@@ -170,7 +170,8 @@ def micrographs_cmd(
     """Simulate micrographs with particles, ice, carbon, contamination and shot noise.
 
     Writes micrographs/*.mrc, coords/*.star (truth: x, y, rot, tilt, psi, local defocus),
-    micrographs_ctf.star (RELION 3.1), truth_picks.csv, model.pdb (procedural protein) and
+    micrographs_ctf.star (RELION 3.1), truth_picks.csv, masks/*.png (carbon and contamination,
+    255 = reject, for `pick --mask-dir`), model.pdb (procedural protein) and
     provenance.json.
 
     Examples

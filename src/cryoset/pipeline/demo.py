@@ -5,7 +5,8 @@ exercises exactly what a user types. Steps:
 
 1. ``simulate micrographs`` — a procedural protein imaged in a few micrographs with exact truth.
 2. ``ctf`` — per-micrograph CTF estimation, compared with the simulated defocus.
-3. ``pick`` (blob picker from the particle diameter) and ``evaluate-picks`` against the truth.
+3. ``pick`` (blob picker from the particle diameter, picks on carbon or contamination rejected
+   with the simulator's masks and kept as false positives) and ``evaluate-picks`` against the truth.
 4. ``extract`` — particle stacks + RELION 3.1 STAR + CryoVirusDB CSV.
 5. ``classify2d`` — 2D classes with per-particle class statistics.
 6. ``store create/add`` + ``query`` — the particle dataset store.
@@ -195,7 +196,8 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     ctf_table = pd.DataFrame(ctf_rows)
 
     # 3. pick + evaluate
-    run.run("pick", "pick", *mics, "--diameter-a", f"{diameter_a:.1f}", "--out", picks)
+    run.run("pick", "pick", *mics, "--diameter-a", f"{diameter_a:.1f}", "--mask-dir", sim / "masks",
+            "--out", picks)
     ev = run.run("evaluate-picks", "evaluate-picks", picks, sim / "coords", "--diameter-px",
                  f"{diameter_px:.2f}", "--json").json()
 

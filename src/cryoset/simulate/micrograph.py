@@ -769,6 +769,7 @@ def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
                                    rlnDefocusU/V/Angle (local CTF) per particle
         micrographs_ctf.star       RELION 3.1 optics + micrographs blocks (CTF at the centre)
         truth_picks.csv            all particles: canonical picks columns + pose + defocus
+        masks/<stem>.png           carbon ∪ contamination, 255 = reject (for ``pick --mask-dir``)
 
     Coordinates follow :mod:`cryoset.io.particles` (``rlnCoordinateX`` = ``x_px``).
 
@@ -785,12 +786,20 @@ def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
         comment = f"cryoset {provenance.get('cryoset_version', '')} {provenance.get('command', '')}"
     (out_dir / "micrographs").mkdir(exist_ok=True)
     (out_dir / "coords").mkdir(exist_ok=True)
+    (out_dir / "masks").mkdir(exist_ok=True)
+    from PIL import Image
+
+    from cryoset.io.atomic import atomic_path
+
     rows: list[dict[str, Any]] = []
     for mic in micrographs:
         name = mic.name
         write_stack(out_dir / "micrographs" / name, mic.image, settings.pixel_size_a)
         coords = pd.DataFrame({label: mic.picks[col].to_numpy() for col, label in _COORD_LABELS})
         write_star(out_dir / "coords" / (Path(name).stem + ".star"), {"": coords}, comment=comment)
+        reject = (mic.carbon_mask | mic.contamination_mask).astype(np.uint8) * 255
+        with atomic_path(out_dir / "masks" / (Path(name).stem + ".png")) as tmp:
+            Image.fromarray(reject).save(tmp, format="PNG")
         c = mic.ctf
         rows.append({
             "rlnMicrographName": f"micrographs/{name}",
@@ -814,8 +823,6 @@ def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
                version=30001)
     picks = pd.concat([m.picks for m in micrographs], ignore_index=True) if micrographs else \
         pd.DataFrame(columns=["micrograph", "x_px", "y_px", "score", "diameter_px"])
-    from cryoset.io.atomic import atomic_path
-
     with atomic_path(out_dir / "truth_picks.csv") as tmp:
         picks.to_csv(tmp, index=False)
     return {
