@@ -102,6 +102,20 @@ def test_fit_resolution_rule() -> None:
     assert _fit_resolution(np.zeros(101), s, 0.03) == pytest.approx(1 / 0.03)
 
 
+def test_fit_resolution_ignores_a_brief_dip() -> None:
+    s = np.linspace(0.0, 0.5, 101)
+    cc = np.where(s < 0.3, 0.8, 0.1)
+    cc[20:22] = 0.1  # a two-shell dip at s ≈ 0.1 (e.g. beside a strong solvent ring)
+    assert _fit_resolution(cc, s, 0.03) == pytest.approx(1 / 0.3, rel=0.03)
+    # a sustained drop is the fit resolution, wherever it starts
+    cc[20:40] = 0.1
+    assert _fit_resolution(cc, s, 0.03) == pytest.approx(1 / 0.1, rel=0.05)
+    # a dip at the very last shells still ends the fit there
+    cc2 = np.full(101, 0.8)
+    cc2[-2:] = 0.1
+    assert _fit_resolution(cc2, s, 0.03) == pytest.approx(1 / s[-2], rel=0.03)
+
+
 def test_power_spectrum_welch_and_binning(rng: np.random.Generator) -> None:
     white = rng.standard_normal((1024, 1024))
     spec = tiled_power_spectrum(white, 0.5, tile_px=256)

@@ -864,13 +864,16 @@ def fit_defocus_in_spectrum(
     )
 
 
-def _fit_resolution(cc: NDArray[np.float64], s_bins: NDArray[np.float64], s_lo: float) -> float:
-    """1/s where the shell correlation falls below the threshold.
+def _fit_resolution(cc: NDArray[np.float64], s_bins: NDArray[np.float64], s_lo: float,
+                    sustain_shells: int | None = None) -> float:
+    """1/s where the shell correlation falls below the threshold for good.
 
     The scan starts at the first shell beyond ``s_lo`` whose correlation reaches the
     threshold (the lowest frequencies are often dominated by the specimen, not the CTF)
-    and stops at the first shell after it that is below. ``1/s_lo`` when the correlation
-    never reaches the threshold; Nyquist when it never falls below it.
+    and stops at the first shell that begins a run of ``sustain_shells`` consecutive shells
+    below it (default ``max(3, n // 50)`` of the ``n`` shells): a brief dip — next to a
+    strong solvent or ice ring, say — does not end the fit. ``1/s_lo`` when the correlation
+    never reaches the threshold; the last shell when it never falls below it for good.
     """
     idx = np.nonzero((s_bins >= s_lo) & (s_bins <= s_bins[-1]))[0]
     if idx.size == 0:
@@ -879,10 +882,23 @@ def _fit_resolution(cc: NDArray[np.float64], s_bins: NDArray[np.float64], s_lo: 
     if above.size == 0:
         return float(1.0 / s_lo)
     rest = idx[above[0] :]
-    below = np.nonzero(cc[rest] < CC_THRESHOLD)[0]
-    if below.size == 0:
-        return float(1.0 / s_bins[rest[-1]])
-    first = rest[below[0]]
+    run = sustain_shells if sustain_shells is not None else max(3, len(s_bins) // 50)
+    low = cc[rest] < CC_THRESHOLD
+    first_k = -1
+    count = 0
+    for k, is_low in enumerate(low):
+        count = count + 1 if is_low else 0
+        if count == min(run, len(rest)):
+            first_k = k - count + 1
+            break
+    if first_k < 0:
+        # Never below for good; a dip that reaches the last shell still counts.
+        tail = np.nonzero(~low)[0]
+        if low[-1] and tail.size:
+            first_k = int(tail[-1]) + 1
+        else:
+            return float(1.0 / s_bins[rest[-1]])
+    first = rest[first_k]
     # Interpolate the crossing between the last shell above and the first below.
     a, b = cc[first - 1], cc[first]
     frac = (a - CC_THRESHOLD) / (a - b) if a != b else 0.0
