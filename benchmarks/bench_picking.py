@@ -90,7 +90,14 @@ _STANDIN = {
 
 
 def _topaz(root: Path, work: Path) -> tuple[pd.DataFrame, float] | str:
-    """Topaz 0.3.20 pretrained resnet16_u64 at 5.36 Å/px; a torchvision stand-in on its PYTHONPATH.
+    """Topaz 0.3.20 pretrained resnet16_u64 at 5.36 Å/px on the real PNGs (see :func:`_topaz_on`)."""
+    images = {name: read_image(root / "images" / f"{name}.png").data for name in DEV + HELD_OUT}
+    return _topaz_on(work, images, PIXEL_A, radius_px=28)
+
+
+def _topaz_on(work: Path, images: dict[str, np.ndarray], pixel_a: float, *,
+              radius_px: int) -> tuple[pd.DataFrame, float] | str:
+    """Topaz 0.3.20 pretrained resnet16_u64 on ``images``; a torchvision stand-in on its PYTHONPATH.
 
     Topaz imports torchvision at start-up but uses it only for training augmentation; PyPI's
     torchvision does not load beside the CPU torch wheel here, so the Topaz process gets a
@@ -104,21 +111,21 @@ def _topaz(root: Path, work: Path) -> tuple[pd.DataFrame, float] | str:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)
     (work / "mrc").mkdir(parents=True, exist_ok=True)
-    for name in DEV + HELD_OUT:
-        write_map(work / "mrc" / f"{name}.mrc", read_image(root / "images" / f"{name}.png").data[None], PIXEL_A)
+    for name, img in images.items():
+        write_map(work / "mrc" / f"{name}.mrc", img[None], pixel_a)
     env = {**os.environ, "PYTHONPATH": str(work / "standin")}
-    mics = [f"mrc/{n}.mrc" for n in DEV + HELD_OUT]
+    mics = [f"mrc/{n}.mrc" for n in images]
     t0 = time.perf_counter()
     r1 = subprocess.run([str(exe), "preprocess", "-s", "1", "-o", "proc/", *mics], cwd=work, env=env,
                         capture_output=True, text=True)
     if r1.returncode != 0:
         return "topaz preprocess failed: " + r1.stderr[-300:]
-    r2 = subprocess.run([str(exe), "extract", "-m", "resnet16_u64", "-r", "28", "-t", "-6",
-                         "-o", "picks.txt", *[f"proc/{n}.mrc" for n in DEV + HELD_OUT]],
+    r2 = subprocess.run([str(exe), "extract", "-m", "resnet16_u64", "-r", str(radius_px), "-t", "-6",
+                         "-o", "picks.txt", *[f"proc/{n}.mrc" for n in images]],
                         cwd=work, env=env, capture_output=True, text=True)
     if r2.returncode != 0:
         return "topaz extract failed: " + r2.stderr[-300:]
-    per_mic = (time.perf_counter() - t0) / len(DEV + HELD_OUT)
+    per_mic = (time.perf_counter() - t0) / len(images)
     df = pd.read_csv(work / "picks.txt", sep="\t")
     picks = pd.DataFrame({"micrograph": df["image_name"].astype(str), "x_px": df["x_coord"].astype(float),
                           "y_px": df["y_coord"].astype(float), "score": df["score"].astype(float)})
@@ -126,7 +133,7 @@ def _topaz(root: Path, work: Path) -> tuple[pd.DataFrame, float] | str:
 
 
 def _simulated() -> dict[str, Any]:
-    """Ours vs RELION LoG on synthetic scenes (tests/picking/scene.py) with complete truth.
+    """Ours vs RELION LoG vs Topaz on synthetic scenes (tests/picking/scene.py) with complete truth.
 
     Scenes 0-1 choose each picker's threshold, scenes 2-3 report it (as on the real set).
     """
@@ -175,6 +182,13 @@ def _simulated() -> dict[str, Any]:
             rel = pd.concat([read_coords(work / "out" / "mrc" / f"{n}_autopick.star").assign(micrograph=n)
                              for n in names], ignore_index=True)
         out["relion_log"] = {**split(rel), "seconds_per_micrograph": sec}
+    with tempfile.TemporaryDirectory() as tmp:
+        top = _topaz_on(Path(tmp), {names[k]: img for k, (img, _) in enumerate(scenes)}, SIM_PX,
+                        radius_px=round(DIAMETER_PX / 2))
+    if isinstance(top, str):
+        out["topaz"] = top
+    else:
+        out["topaz_resnet16"] = {**split(top[0]), "seconds_per_micrograph": top[1]}
     return out
 
 
