@@ -28,7 +28,7 @@ def _gallery(path: Path, averages: np.ndarray, stats: Any, good: np.ndarray) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cryoset.io.atomic import atomic_path
+    from cryoset.report.figures import save_figure
 
     k = averages.shape[0]
     cols = min(k, 8)
@@ -44,9 +44,7 @@ def _gallery(path: Path, averages: np.ndarray, stats: Any, good: np.ndarray) -> 
         ax.set_title(f"{j + 1}: n={row.population} {res}", fontsize=7,
                      color="black" if good[j] else "red")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def register(app: typer.Typer) -> None:

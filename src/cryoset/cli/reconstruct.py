@@ -28,7 +28,7 @@ def _fsc_plot(path: Path, curves: list[tuple[str, Any, float]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cryoset.io.atomic import atomic_path
+    from cryoset.report.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, curve, _threshold in curves:
@@ -40,9 +40,7 @@ def _fsc_plot(path: Path, curves: list[tuple[str, Any, float]]) -> None:
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def register(app: typer.Typer) -> None:

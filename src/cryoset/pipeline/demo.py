@@ -86,6 +86,8 @@ def _overlay_png(image: np.ndarray, picks: Any, truth: Any, path: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cryoset.report.figures import save_figure
+
     lo, hi = np.percentile(image, [1, 99])
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
@@ -96,9 +98,7 @@ def _overlay_png(image: np.ndarray, picks: Any, truth: Any, path: Path, title: s
     ax.legend(loc="upper right", fontsize=8)
     ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _probability_maps_from_labels(prepared: Path, out: Path, seed: int) -> tuple[Path, Path]:

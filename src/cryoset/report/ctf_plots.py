@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from cryoset.io.atomic import atomic_path
+from cryoset.report.figures import save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,16 +39,6 @@ def full_centered_spectrum(half: NDArray[np.float64]) -> NDArray[np.float64]:
     ky = (-np.arange(n)) % n
     full[:, half.shape[1] :] = half[ky][:, (n - kx)]
     out: NDArray[np.float64] = np.fft.fftshift(full)
-    return out
-
-
-def _save(fig: object, path: str | os.PathLike[str]) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
     return out
 
 
@@ -120,7 +110,7 @@ def plot_ctf_fit(estimate: CTFEstimate, path: str | os.PathLike[str], *, title: 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_defocus_landscape(
@@ -161,4 +151,4 @@ def plot_defocus_landscape(
     ax.set_ylabel("y (px)")
     ax.set_title(title or f"defocus landscape ({surface.kind})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
