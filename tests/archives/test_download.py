@@ -140,3 +140,12 @@ def test_bad_parameters_name_themselves(tmp_path: Path) -> None:
         HttpClient(cache_dir=tmp_path, retries=-1)
     with pytest.raises(ValueError, match="workers"):
         _client(tmp_path).download_many([], workers=0)
+
+
+def test_corrupt_cached_json_is_a_clear_error(tmp_path: Path) -> None:
+    http = _client(tmp_path, offline=True)
+    bad = http.cache_dir / "metadata" / "e.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b'{"EMPIAR-1": ')
+    with pytest.raises(DownloadError, match="not valid JSON"):
+        http.get_json_cached("http://127.0.0.1:9/e", "e.json")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import requests
 
 from cryoset.errors import InputError
+from cryoset.io.atomic import write_bytes_atomic
 
 #: Called with (url, bytes_done, bytes_total or None) as a download progresses.
 ProgressCallback = Callable[[str, int, int | None], None]
@@ -127,8 +129,14 @@ class HttpClient:
     def get_bytes(self, url: str, *, cache_name: str | None = None) -> bytes:
         """GET a small resource (metadata), cached under ``cache_name`` when given."""
         cached = self.cache_dir / "metadata" / cache_name if cache_name else None
-        if cached is not None and (self.offline or cached.exists()) and cached.exists():
+        if cached is not None and cached.exists():
             return cached.read_bytes()
+        data = self._fetch_bytes(url)
+        if cached is not None:
+            write_bytes_atomic(cached, data)
+        return data
+
+    def _fetch_bytes(self, url: str) -> bytes:
         if self.offline:
             raise DownloadError(url, "offline mode and not in the cache")
 
@@ -138,38 +146,22 @@ class HttpClient:
             return resp.content
 
         data: bytes = self._with_retries(url, action)
-        if cached is not None:
-            from cryoset.io.atomic import write_bytes_atomic
-
-            write_bytes_atomic(cached, data)
         return data
 
     def get_json(self, url: str, *, cache_name: str | None = None) -> Any:
-        """GET and parse JSON; a truncated or invalid body is a clear error (and not cached)."""
-        import json
-
-        data = self.get_bytes(url, cache_name=None)
-        try:
-            parsed = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise DownloadError(url, f"the answer is not valid JSON ({exc.msg} at byte {exc.pos})") from None
-        except UnicodeDecodeError:
-            raise DownloadError(url, "the answer is not valid JSON (not UTF-8 text)") from None
+        """GET (always from the server) and parse JSON; a truncated or invalid body is a clear
+        error and is not cached; a valid one is stored under ``cache_name`` when given."""
+        data = self._fetch_bytes(url)
+        parsed = _parse_json(url, data)
         if cache_name:
-            from cryoset.io.atomic import write_bytes_atomic
-
             write_bytes_atomic(self.cache_dir / "metadata" / cache_name, data)
         return parsed
 
     def get_json_cached(self, url: str, cache_name: str) -> Any:
         """Like :meth:`get_json`, but serve from the cache when present (always when offline)."""
-        import json
-
         cached = self.cache_dir / "metadata" / cache_name
         if cached.exists():
-            return json.loads(cached.read_bytes())
-        if self.offline:
-            raise DownloadError(url, "offline mode and not in the cache")
+            return _parse_json(str(cached), cached.read_bytes())
         return self.get_json(url, cache_name=cache_name)
 
     # ----------------------------------------------------------------- downloads
@@ -243,6 +235,16 @@ class HttpClient:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda r: self.download(r, progress), reqs))
+
+
+def _parse_json(source: str, data: bytes) -> Any:
+    """Parse JSON bytes; invalid or truncated text is a :class:`DownloadError` naming ``source``."""
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise DownloadError(source, f"the answer is not valid JSON ({exc.msg} at byte {exc.pos})") from None
+    except UnicodeDecodeError:
+        raise DownloadError(source, "the answer is not valid JSON (not UTF-8 text)") from None
 
 
 def _total_from_headers(resp: requests.Response) -> int | None:
