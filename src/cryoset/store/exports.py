@@ -140,9 +140,8 @@ def export_hdf5(store: ParticleStore, selection: Selection, path: str | os.PathL
         ann = store.annotations(exp).set_index("particle_index").loc[idx].reset_index()
         arr = store.images_array(exp)
         same_box = arr.shape[-1] == size and arr.dtype == np.uint8
-        if same_box:
-            stored = np.stack([np.asarray(arr[int(i)]) for i in idx]) if len(idx) else np.zeros((0, size, size), np.uint8)
-            off, sc = ann["image_offset"].to_numpy(np.float32), ann["image_scale"].to_numpy(np.float32)
+        if same_box:  # stored bytes and their scaling as they are: lossless
+            stored, off, sc = store.read_stored(exp, idx)
         else:
             stored, off, sc = encode_uint8(resize_images(store.read_images(exp, idx), size))
         ann = ann.copy()
