@@ -41,9 +41,11 @@ def test_reconstruct_matches_truth_and_writes_everything(run_cli, posed: dict[st
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["half_sizes"] == [150, 150]
-    # measured: 0.5-crossing vs the truth 5.49 Å, gold-standard 0.143 5.49 Å (Nyquist 5.0 Å)
-    assert summary["reference_resolution_0.5_a"] < 6.2
-    assert summary["resolution_a"] < 6.2
+    # measured: 0.5-crossing vs the truth 5.32 Å, gold-standard 0.143 5.24 Å (Nyquist 5.0 Å);
+    # 5.49 / 5.49 Å with --no-gridding-correction
+    assert summary["reference_resolution_0.5_a"] < 6.0
+    assert summary["resolution_a"] < 6.0
+    assert summary["gridding_correction"] is True
     vol = read_map(out)
     assert vol.data.shape == (32, 32, 32) and vol.voxel_size_a == pytest.approx((2.5,) * 3, rel=1e-4)
     for suffix in ("_half1.mrc", "_half2.mrc", "_fsc.csv", "_fsc.png"):
@@ -52,6 +54,28 @@ def test_reconstruct_matches_truth_and_writes_everything(run_cli, posed: dict[st
     assert list(fsc.columns) == ["freq_per_a", "fsc_half", "fsc_reference"]
     assert fsc["fsc_reference"].iloc[1:6].min() > 0.95
     assert (tmp_path / "rec" / "map.mrc.provenance.json").exists()
+
+
+def test_no_gridding_correction_is_the_uncorrected_map(run_cli, posed: dict[str, object], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a fixed Wiener SNR the default map is exactly the --no-gridding-correction map
+    divided by the sinc² factor of the 2b grid inside the inscribed sphere, zero outside."""
+    from cryoset.recon.reconstruct import gridding_factor, inscribed_sphere_mask
+
+    d = Path(str(posed["dir"]))
+    maps = {}
+    for flag in ("--gridding-correction", "--no-gridding-correction"):
+        out = tmp_path / f"{flag.strip('-')}.mrc"
+        code, stdout, stderr = run_cli("reconstruct", d / "particles.star", "--out", out, "--snr", "10",
+                                       flag, "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["gridding_correction"] is (flag == "--gridding-correction")
+        maps[flag] = read_map(out).data
+    raw = maps["--no-gridding-correction"]
+    expected = raw * inscribed_sphere_mask(32) / gridding_factor(32, 64)
+    np.testing.assert_allclose(maps["--gridding-correction"], expected, rtol=1e-5,
+                               atol=1e-6 * float(np.abs(raw).max()))
+    corner = (0, 0, 0)
+    assert maps["--gridding-correction"][corner] == 0 and raw[corner] != 0
 
 
 def test_reconstruct_error_paths_exit_2(run_cli, posed: dict[str, object], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -21,12 +21,25 @@ images; conventions of :mod:`cryoset.geometry`):
    is set per shell from the half-map FSC (RELION's τ² idea): a half map's per-voxel SNR is
    ``FSC/(1 − FSC)`` and its noise variance ``1/W̄``, so the signal-to-noise power ratio of the
    data is ``SNR(shell) = FSC/(1 − FSC) · W̄(shell)`` with ``W̄`` the mean half-set weight in the
-   shell; a fixed ``wiener_constant`` may be given instead. Because ``V̂`` is a weighted
-   *average* of the inserted samples (numerator and denominator carry the same kernel
-   weights), no gridding correction is needed.
+   shell; a fixed ``wiener_constant`` may be given instead.
 4. ``irfftn``, ``fftshift``, crop the central ``b³``: the map is in the units of
    :func:`cryoset.simulate.projection.project_fourier` (image = sum over voxels along z), so
    projections of a map reconstruct that map.
+5. Gridding correction (default; ``gridding_correction=False`` skips it). ``D/W`` is a
+   *normalised convolution*: where samples ``p_j`` are dense around a grid point ``g``,
+   ``D(g)/W(g) ≈ Σ K(g − p) V(p) / Σ K(g − p) = (K * V)(g)``, a convolution of the map's
+   transform with the trilinear kernel ``K``, i.e. the real-space map is multiplied by
+   ``FT(K) = sinc²(x/N) sinc²(y/N) sinc²(z/N)`` (``x`` in voxels from the centre, ``N`` the
+   padded edge): for ``N = 2b`` 0.90 at ``0.35 b`` on an axis, 0.81 at ``b/2``, 0.53 in the
+   corners. Sharing the kernel between ``D`` and ``W`` cancels the *sampling density*, not this
+   apodisation. The map is divided by :func:`gridding_factor` inside the inscribed sphere
+   (radius ``b/2``) and set to zero outside it with a 3-voxel raised-cosine edge
+   (:func:`inscribed_sphere_mask`; RELION also masks outside ``b/2``): density outside that
+   sphere leaves the ``b × b`` image in some views, so the corners hold only noise, which the
+   correction would amplify up to 1.9×. Where samples are sparse (few images, high frequency)
+   ``D/W`` interpolates rather than smooths and the apodisation is somewhat stronger; that
+   frequency-dependent remainder is not corrected (measured in docs/reconstruct.md). Half
+   maps and the maps whose FSC sets ``1/SNR`` are corrected the same way.
 
 Half maps come from ``random_subset`` (1/2) when present, otherwise from a seeded random
 split; the gold-standard FSC between them gives the resolution at 0.143.
@@ -48,6 +61,9 @@ from cryoset.recon.fsc import CorrelationCurve, fourier_shell_correlation, resol
 
 #: Images per batch when transforming and inserting (bounds memory).
 _BATCH = 64
+
+#: Raised-cosine edge (voxels) of the mask outside the inscribed sphere (gridding correction).
+SPHERE_EDGE_PX = 3.0
 
 
 @numba.njit(cache=True)
@@ -273,8 +289,48 @@ def shell_regulariser(half1: FourierAccumulator, half2: FourierAccumulator,
     return np.asarray(1.0 / snr, np.float64)
 
 
-def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) -> NDArray[np.float32]:
-    """The map ``irfftn(D / (W + reg))`` cropped to ``b³``.
+def gridding_factor(box: int, n_pad: int) -> NDArray[np.float32]:
+    """Real-space apodisation of the trilinear normalised-convolution estimate, shape (b, b, b).
+
+    ``c(x) c(y) c(z)`` with ``c(x) = sinc²(x / N)`` (``x`` in voxels from voxel ``b//2``,
+    ``N`` the padded grid edge, ``sinc(u) = sin(πu)/(πu)``): the Fourier transform of the
+    trilinear kernel (:func:`cryoset.simulate.projection.gridding_correction`, order 1).
+    For ``N = 2b`` it is 0.81 at ``x = b/2`` on an axis and 0.53 in the box corners.
+
+    Parameters
+    ----------
+    box
+        Map edge ``b``.
+    n_pad
+        Padded Fourier grid edge ``N``.
+
+    Returns
+    -------
+    ndarray, float32, shape (b, b, b)
+    """
+    from cryoset.simulate.projection import gridding_correction
+
+    o = n_pad // 2 - box // 2
+    c = gridding_correction(n_pad, 1)[o:o + box]
+    c32 = c.astype(np.float32)
+    return c32[:, None, None] * c32[None, :, None] * c32[None, None, :]
+
+
+def inscribed_sphere_mask(box: int, edge_px: float = SPHERE_EDGE_PX) -> NDArray[np.float32]:
+    """1 inside the sphere of radius ``b/2`` about voxel ``b//2``, a raised-cosine edge of
+    ``edge_px`` voxels outside it, 0 beyond; shape (b, b, b)."""
+    r1 = np.abs(np.arange(box, dtype=np.float32) - box // 2) ** 2
+    r = np.sqrt(r1[:, None, None] + r1[None, :, None] + r1[None, None, :])
+    mask = (r <= 0.5 * box).astype(np.float32)
+    band = (r > 0.5 * box) & (r < 0.5 * box + edge_px)
+    t = (r[band] - 0.5 * box) / np.float32(edge_px)
+    mask[band] = 0.5 + 0.5 * np.cos(np.pi * t)
+    return mask
+
+
+def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64], *,
+           gridding_correction: bool = True) -> NDArray[np.float32]:
+    """The map ``irfftn(D / (W + reg))`` cropped to ``b³``, gridding-corrected by default.
 
     Parameters
     ----------
@@ -283,6 +339,9 @@ def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) ->
     regulariser
         ``1/SNR``: a constant, or per padded shell (shape (N//2 + 1,), see
         :func:`shell_regulariser`).
+    gridding_correction
+        Divide the map by :func:`gridding_factor` and multiply it by
+        :func:`inscribed_sphere_mask` (module docstring, step 5); False: the map as inverted.
 
     Returns
     -------
@@ -303,7 +362,11 @@ def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) ->
     vol = np.fft.fftshift(scipy.fft.irfftn(spec, s=(n_pad,) * 3, workers=-1))
     b = acc.box
     o = n_pad // 2 - b // 2
-    return np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
+    out = np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
+    if gridding_correction:
+        out *= inscribed_sphere_mask(b)
+        out /= gridding_factor(b, n_pad)
+    return out
 
 
 @dataclass
@@ -340,7 +403,8 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
                 ctf_params: dict[str, NDArray[np.float64]] | None = None,
                 subsets: NDArray[np.int64] | None = None, seed: int = 0,
                 symmetry: str = "C1", wiener_constant: float | None = None, pad: int = 2,
-                pad_images: bool = False, progress: Callable[[int], None] | None = None) -> Reconstruction:
+                pad_images: bool = False, gridding_correction: bool = True,
+                progress: Callable[[int], None] | None = None) -> Reconstruction:
     """Reconstruct a map and its half maps from posed particle images.
 
     Parameters
@@ -367,6 +431,9 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
         Padding factor of the Fourier grid.
     pad_images
         See :func:`backproject`.
+    gridding_correction
+        Divide by the trilinear apodisation inside the inscribed sphere and zero the corners
+        (module docstring, step 5); False: the estimate as inverted.
     progress
         Called with the number of images inserted so far.
 
@@ -404,14 +471,16 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
         halves.append(acc)
     tiny = 1e-6 * max(float(halves[0].weight.max()), 1e-30)
     if wiener_constant is None:
-        m1, m2 = invert(halves[0], tiny), invert(halves[1], tiny)
+        m1 = invert(halves[0], tiny, gridding_correction=gridding_correction)
+        m2 = invert(halves[1], tiny, gridding_correction=gridding_correction)
         fsc0 = fourier_shell_correlation(m1, m2, voxel_size_a=pixel_size_a)
         reg = shell_regulariser(halves[0], halves[1], fsc0.correlation)
     else:
         reg = np.array([float(wiener_constant)])
     r_arg: float | NDArray[np.float64] = reg if reg.size > 1 else float(reg[0])
-    h1, h2 = invert(halves[0], r_arg), invert(halves[1], r_arg)
-    full = invert(halves[0] + halves[1], r_arg)
+    h1 = invert(halves[0], r_arg, gridding_correction=gridding_correction)
+    h2 = invert(halves[1], r_arg, gridding_correction=gridding_correction)
+    full = invert(halves[0] + halves[1], r_arg, gridding_correction=gridding_correction)
     curve = fourier_shell_correlation(h1, h2, voxel_size_a=pixel_size_a)
     res = resolution_at(curve.correlation, curve.freq_per_a, 0.143)
     return Reconstruction(full, h1, h2, curve, res, float(pixel_size_a),
