@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from cryoset.learn.particles import (
+    ChunkBatchSampler,
     Normalize,
     RandomAugment,
     Resize,
     StoreParticleDataset,
     StoreParticleStream,
+    decode_batch,
     shard_units,
 )
 from cryoset.store.dataset import ParticleStore
@@ -112,3 +114,104 @@ def test_batched_stream_same_particles(store: ParticleStore) -> None:
             sizes.append(len(images))
     assert sorted(everyone) == sorted(sel.table["uid"].tolist())
     assert sum(s < 16 for s in sizes) <= 4  # only each reader's last batch may be short
+
+
+def test_prefetch_changes_nothing_but_speed(tmp_path: Path, rng: np.random.Generator) -> None:
+    s = ParticleStore.create(tmp_path / "u8", encoding="uint8", chunk_particles=8)
+    n = 75
+    s.add_experiment("E", rng.standard_normal((n, 10, 10)).astype(np.float32),
+                     pd.DataFrame({"uid": np.arange(n)}))
+    sel = s.select()
+    runs = []
+    for prefetch in (False, True):
+        stream = StoreParticleStream(s, sel, columns=["uid"], seed=3, buffer_chunks=2, batch_size=16,
+                                     prefetch=prefetch)
+        runs.append([(img.numpy().copy(), ann["uid"].numpy().copy()) for img, ann in stream])
+    assert len(runs[0]) == len(runs[1]) == 5
+    for (a_img, a_uid), (b_img, b_uid) in zip(*runs, strict=True):
+        assert np.array_equal(a_uid, b_uid) and np.array_equal(a_img, b_img)
+    # each batch equals the store's decoded images of those particles, bit for bit
+    for img, uid in runs[1]:
+        assert np.array_equal(img[:, 0], s.read_images("E", uid))
+    # leaving early shuts the reader thread down (no hang, no leaked read)
+    it = iter(StoreParticleStream(s, sel, columns=["uid"], seed=3, buffer_chunks=1, batch_size=4))
+    next(it)
+    it.close()  # type: ignore[attr-defined]
+
+
+def test_mixed_image_sizes_need_a_resizing_transform(tmp_path: Path, rng: np.random.Generator) -> None:
+    s = ParticleStore.create(tmp_path / "mixed", chunk_particles=4)
+    s.add_experiment("small", rng.standard_normal((9, 8, 8)).astype(np.float32), pd.DataFrame({"uid": np.arange(9)}))
+    s.add_experiment("big", rng.standard_normal((6, 16, 16)).astype(np.float32),
+                     pd.DataFrame({"uid": 100 + np.arange(6)}))
+    sel = s.select()
+    with pytest.raises(ValueError, match="mixes image sizes"):
+        StoreParticleStream(s, sel, columns=["uid"], batch_size=4)
+    stream = StoreParticleStream(s, sel, columns=["uid"], batch_size=4, transform=Resize(12), seed=2)
+    seen: list[int] = []
+    for images, ann in stream:
+        assert images.shape[1:] == (1, 12, 12)
+        seen += ann["uid"].tolist()
+    assert sorted(seen) == sorted(sel.table["uid"].tolist())
+    # per-particle mode keeps native sizes
+    shapes = {int(a["uid"]): tuple(img.shape) for img, a in StoreParticleStream(s, sel, columns=["uid"])}
+    assert shapes[0] == (1, 8, 8) and shapes[100] == (1, 16, 16) and len(shapes) == 15
+
+
+def test_encoded_batches_decode_to_the_same_bits(tmp_path: Path, rng: np.random.Generator) -> None:
+    s = ParticleStore.create(tmp_path / "u8", chunk_particles=8)
+    n = 50
+    s.add_experiment("E", rng.standard_normal((n, 10, 10)).astype(np.float32) * 4 + 2,
+                     pd.DataFrame({"uid": np.arange(n)}))
+    sel = s.select()
+    stream = StoreParticleStream(s, sel, columns=["uid"], seed=1, batch_size=8, encoded=True)
+    seen: list[int] = []
+    for images, ann in DataLoader(stream, batch_size=None, num_workers=2):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 10, 10)
+        decoded = decode_batch(images, ann)
+        assert decoded.dtype == torch.float32
+        assert np.array_equal(decoded[:, 0].numpy(), s.read_images("E", ann["uid"].numpy()))
+        seen += ann["uid"].tolist()
+    assert sorted(seen) == list(range(n))
+    with pytest.raises(ValueError, match="encoded"):
+        StoreParticleStream(s, sel, encoded=True)  # needs batch_size
+    with pytest.raises(ValueError, match="encoded"):
+        StoreParticleStream(s, sel, batch_size=4, encoded=True, transform=Resize(8))
+
+
+def test_chunk_batch_sampler_reads_each_chunk_once_per_batch(store: ParticleStore,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sel = store.select("SELECT * FROM particles WHERE particle_index % 4 != 2")
+    ds = StoreParticleDataset(store, sel, columns=["uid", "particle_index"], cache_chunks=0)
+    sampler = ChunkBatchSampler(ds, 8, seed=4, buffer_chunks=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    flat = [r for b in batches for r in b]
+    assert sorted(flat) == list(range(len(sel)))  # every row exactly once per epoch
+    assert flat != sorted(flat) and batches == list(ChunkBatchSampler(ds, 8, seed=4, buffer_chunks=2))
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    chunks_per_batch = [len({(sel.table["experiment_id"][r], sel.table["particle_index"][r] // 10) for r in b})
+                        for b in batches]
+    assert max(chunks_per_batch) <= 3  # a buffer's 2 chunks plus the carried remainder
+    reads: list[int] = []
+    original = store.read_stored
+    monkeypatch.setattr(store, "read_stored", lambda e, i, out=None: (reads.append(1), original(e, i, out))[1])
+    uids = []
+    for images, ann in DataLoader(ds, batch_sampler=ChunkBatchSampler(ds, 8, seed=4, buffer_chunks=2)):
+        np.testing.assert_allclose(images.mean(dim=(1, 2, 3)).numpy(), ann["particle_index"].numpy(), atol=0.05)
+        uids += ann["uid"].tolist()
+    assert sorted(uids) == sorted(sel.table["uid"].tolist())
+    assert len(reads) == sum(chunks_per_batch)  # one chunk read per chunk a batch touches
+
+
+def test_map_dataset_chunk_cache(store: ParticleStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = StoreParticleDataset(store, store.select(), columns=["uid"])
+    reads: list[int] = []
+    original = store.read_stored
+    monkeypatch.setattr(store, "read_stored", lambda e, i, out=None: (reads.append(1), original(e, i, out))[1])
+    images = [ds[i][0] for i in range(len(ds))]
+    assert len(reads) == 6 + 4 + 1  # sequential access reads each chunk once (53, 31, 7 particles, chunks of 10)
+    assert all(torch.equal(a, b) for a, b in zip(images, [ds[i][0] for i in range(len(ds))], strict=True))
+    with pytest.raises(ValueError, match="cache_chunks"):
+        StoreParticleDataset(store, store.select(), cache_chunks=-1)

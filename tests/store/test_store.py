@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cryoset.errors import InputError
-from cryoset.store.dataset import ParticleStore, Selection, decode, encode_uint8
+from cryoset.store.dataset import CODECS, ParticleStore, Selection, decode, encode_uint8
 from cryoset.store.exports import (
     export_hdf5,
     export_relion,
@@ -213,3 +213,45 @@ def test_cli_store_and_query(tmp_path: Path, rng: np.random.Generator, run_cli) 
     assert json.loads(out)["particles"] == n_sel
     code, out, err = run_cli("query", "SELECT broken(", "--store", tmp_path / "s2")
     assert code == 2 and err.startswith("error: query:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16])
+def test_decode_gather_is_bit_identical_to_the_float32_formula(rng: np.random.Generator, dtype: type) -> None:
+    stored: np.ndarray = (rng.integers(0, 256, (30, 9, 11)) if dtype is np.uint8
+              else rng.standard_normal((30, 9, 11)) * 100).astype(dtype)
+    off = rng.standard_normal(30).astype(np.float32) * 50
+    sc = rng.random(30).astype(np.float32) * 3
+    rows = rng.permutation(30)[:17]
+    expected = stored[rows].astype(np.float32) * sc[rows, None, None] + off[rows, None, None]
+    got = decode(stored, off, sc, rows=rows)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)  # every bit, float32 arithmetic
+    out = np.full((17, 9, 11), np.nan, np.float32)
+    assert decode(stored, off, sc, rows=rows, out=out) is out and np.array_equal(out, expected)
+    assert np.array_equal(decode(stored, off, sc), stored.astype(np.float32) * sc[:, None, None] + off[:, None, None])
+    with pytest.raises(ValueError, match="out"):
+        decode(stored, off, sc, rows=rows, out=np.empty((16, 9, 11), np.float32))
+    with pytest.raises(IndexError, match="rows"):
+        decode(stored, off, sc, rows=np.array([30]))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_codecs_store_the_same_bits(tmp_path: Path, rng: np.random.Generator, codec: str, run_cli) -> None:  # type: ignore[no-untyped-def]
+    images = rng.standard_normal((21, 12, 12)).astype(np.float32)
+    s = ParticleStore.create(tmp_path / codec, codec=codec, chunk_particles=8)
+    s.add_experiment("E", images, pd.DataFrame({"uid": np.arange(21)}))
+    again = ParticleStore.open(tmp_path / codec)
+    assert again.codec == codec
+    meta = json.loads((tmp_path / codec / "experiments" / "E" / "images.zarr" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    assert names[0] == "bytes" and names[1:] == {"none": [], "zstd-9": ["zstd"],
+                                                 "blosc-zstd-3-bitshuffle": ["blosc"]}[codec]
+    stored, off, sc = again.read_stored("E", np.arange(21))
+    assert np.array_equal(stored, encode_uint8(images)[0])
+    with pytest.raises(ValueError, match="codec"):
+        ParticleStore.create(tmp_path / "bad", codec="gzip")
+    code, _out, err = run_cli(["store", "create", str(tmp_path / "bad2"), "--codec", "lzma"])
+    assert code == 2 and "--codec" in err
+    (tmp_path / codec / "store.json").write_text(json.dumps({**json.loads(
+        (tmp_path / codec / "store.json").read_text()), "codec": "brotli"}))
+    with pytest.raises(InputError, match="brotli"):
+        ParticleStore.open(tmp_path / codec)

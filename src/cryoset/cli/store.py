@@ -32,13 +32,18 @@ def create(
     root: Path = typer.Argument(..., help="Directory of the new store."),
     encoding: str = typer.Option("uint8", "--encoding", help="uint8 (per-particle scaling) or float16."),
     chunk_particles: int = typer.Option(256, "--chunk-particles", min=1, help="Particles per Zarr chunk."),
+    codec: str = typer.Option("blosc-zstd-3-bitshuffle", "--codec",
+                              help="Chunk codec: blosc-zstd-3-bitshuffle, zstd-9 (smallest) or none (fastest reads)."),
 ) -> None:
     """Create an empty particle store."""
-    from cryoset.store.dataset import ParticleStore
+    from cryoset.store.dataset import CODECS, ParticleStore
 
     if encoding not in ("uint8", "float16"):
         raise InputError("--encoding", f"must be uint8 or float16, got {encoding!r}")
-    ParticleStore.create(root, encoding=encoding, chunk_particles=chunk_particles)  # type: ignore[arg-type]
+    if codec not in CODECS:
+        raise InputError("--codec", f"must be one of {', '.join(CODECS)}, got {codec!r}")
+    ParticleStore.create(root, encoding=encoding, chunk_particles=chunk_particles,  # type: ignore[arg-type]
+                         codec=codec)
     typer.echo(f"created {root}")
 
 

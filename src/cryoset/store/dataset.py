@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -77,13 +78,55 @@ def encode_uint8(images: NDArray[Any], clip_percentile: float = 0.05
     return np.clip(q, 0, 255).astype(np.uint8), lo, scale
 
 
-def decode(stored: NDArray[Any], offset: NDArray[Any], scale: NDArray[Any]) -> NDArray[np.float32]:
-    """Inverse of the storage encoding: ``offset + scale * stored`` per image (float32)."""
-    out = np.asarray(stored, dtype=np.float32)
-    if out is stored:
-        out = out.copy()
-    out *= np.asarray(scale, np.float32)[:, None, None]
-    out += np.asarray(offset, np.float32)[:, None, None]
+@numba.njit(cache=True, nogil=True)
+def _gather_decode_u8(stored: NDArray[np.uint8], rows: NDArray[np.int64], offset: NDArray[np.float32],
+                      scale: NDArray[np.float32], out: NDArray[np.float32]) -> None:  # pragma: no cover
+    ny, nx = stored.shape[1], stored.shape[2]
+    for i in range(rows.shape[0]):
+        j = rows[i]
+        o = offset[j]
+        s = scale[j]
+        for y in range(ny):
+            for x in range(nx):
+                out[i, y, x] = stored[j, y, x] * s + o
+
+
+def decode(stored: NDArray[Any], offset: NDArray[Any], scale: NDArray[Any], rows: NDArray[Any] | None = None,
+           out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """Inverse of the storage encoding: ``offset + scale * stored`` per image (float32).
+
+    Parameters
+    ----------
+    stored : array, uint8 or float16, shape (n, y, x)
+    offset, scale : array, shape (n,)
+    rows : int array, shape (k,), optional
+        Decode only these images, in this order (a gather fused with the decode: one pass
+        over the output, no intermediate copy). Default: all ``n``.
+    out : float32 array, shape (k, y, x), optional
+        Where to write (e.g. the memory of a ``torch.empty`` tensor); C-contiguous.
+
+    Returns
+    -------
+    float32 array, shape (k, y, x)
+        ``stored[rows] * scale[rows] + offset[rows]`` computed in float32 (the same bits
+        whichever path: uint8 stores use a compiled single-pass kernel).
+    """
+    src = np.asarray(stored)
+    idx = np.arange(len(src), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(src)):
+        raise IndexError(f"rows: out of range 0..{len(src) - 1}")
+    shape = (idx.size, *src.shape[1:])
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out: need a C-contiguous float32 array of shape {shape}")
+    off = np.ascontiguousarray(offset, dtype=np.float32)
+    sc = np.ascontiguousarray(scale, dtype=np.float32)
+    if src.dtype == np.uint8 and src.ndim == 3:
+        _gather_decode_u8(np.ascontiguousarray(src), idx, off, sc, out)
+        return out
+    np.multiply(src[idx] if rows is not None else src, sc[idx, None, None], out=out, dtype=np.float32)
+    out += off[idx, None, None]
     return out
 
 
@@ -111,10 +154,22 @@ class Selection:
             yield str(exp), sub["particle_index"].to_numpy(np.int64)
 
 
-def _blosc() -> Any:
-    from zarr.codecs import BloscCodec
+#: Chunk codecs a store can be created with (measured in docs/benchmarks.md, store section).
+CODECS = ("blosc-zstd-3-bitshuffle", "zstd-9", "none")
+DEFAULT_CODEC = "blosc-zstd-3-bitshuffle"
 
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+def _compressors(codec: str) -> list[Any]:
+    """The Zarr v3 compressors of a codec name from :data:`CODECS`."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "blosc-zstd-3-bitshuffle":
+        return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+    if codec == "zstd-9":
+        return [ZstdCodec(level=9)]
+    if codec == "none":
+        return []
+    raise ValueError(f"codec: must be one of {', '.join(CODECS)}, got {codec!r}")
 
 
 @dataclass
@@ -124,14 +179,22 @@ class ParticleStore:
     root: Path
     encoding: Encoding = "uint8"
     chunk_particles: int = 256
+    codec: str = DEFAULT_CODEC
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
     _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _scalings: dict[str, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------- lifecycle
     @classmethod
     def create(cls, root: str | os.PathLike[str], *, encoding: Encoding = "uint8",
-               chunk_particles: int = 256) -> ParticleStore:
-        """Create an empty store (a directory that must not already hold one)."""
+               chunk_particles: int = 256, codec: str = DEFAULT_CODEC) -> ParticleStore:
+        """Create an empty store (a directory that must not already hold one).
+
+        ``codec`` (one of :data:`CODECS`) compresses every chunk written to this store:
+        the default Blosc-Zstd-3 + bit-shuffle; ``zstd-9`` is smaller and slower to write
+        (archival); ``none`` reads fastest (real particle images barely compress).
+        """
+        _compressors(codec)
         if encoding not in ("uint8", "float16"):
             raise ValueError(f"encoding: must be 'uint8' or 'float16', got {encoding!r}")
         if chunk_particles < 1:
@@ -141,10 +204,10 @@ class ParticleStore:
             raise InputError(path, "already holds a particle store")
         (path / "experiments").mkdir(parents=True, exist_ok=True)
         meta = {"format": STORE_FORMAT, "schema_version": SCHEMA_VERSION, "encoding": encoding,
-                "chunk_particles": chunk_particles, "codec": "blosc-zstd-3-bitshuffle",
+                "chunk_particles": chunk_particles, "codec": codec,
                 "created_by": f"cryoset {__version__}"}
         write_text_atomic(path / "store.json", json.dumps(meta, indent=2) + "\n")
-        return cls(path, encoding, chunk_particles)
+        return cls(path, encoding, chunk_particles, codec)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> ParticleStore:
@@ -163,7 +226,10 @@ class ParticleStore:
         if major != SCHEMA_VERSION.split(".")[0]:
             raise InputError(meta_path, f"schema version {meta.get('schema_version')} is not "
                              f"readable by this cryoset (schema {SCHEMA_VERSION})")
-        return cls(path, meta["encoding"], int(meta["chunk_particles"]))
+        codec = str(meta.get("codec", DEFAULT_CODEC))
+        if codec not in CODECS:
+            raise InputError(meta_path, f"codec {codec!r} is not one of {', '.join(CODECS)}")
+        return cls(path, meta["encoding"], int(meta["chunk_particles"]), codec)
 
     # ------------------------------------------------------------------- writing
     def add_experiment(
@@ -217,7 +283,7 @@ class ParticleStore:
                     arr = zarr.create_array(
                         store=str(tmp / "images.zarr"), shape=(0, b.shape[1], b.shape[2]),
                         chunks=(self.chunk_particles, b.shape[1], b.shape[2]), dtype=dtype,
-                        compressors=[_blosc()], zarr_format=3,
+                        compressors=_compressors(self.codec), zarr_format=3,
                         attributes={"encoding": self.encoding, "axes": ["n", "y", "x"]})
                 elif b.shape[1:] != arr.shape[1:]:
                     raise InputError(experiment_id, f"image shape changed from {arr.shape[1:]} to {b.shape[1:]}")
@@ -258,6 +324,7 @@ class ParticleStore:
             pq.write_table(_to_arrow(table, record), tmp / "annotations.parquet", compression="zstd")
             (tmp / "provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         self._tables.pop(experiment_id, None)
+        self._scalings.pop(experiment_id, None)
         return n
 
     # ------------------------------------------------------------------- reading
@@ -292,33 +359,48 @@ class ParticleStore:
     def num_particles(self, experiment_id: str) -> int:
         return int(self.images_array(experiment_id).shape[0])
 
-    def read_stored(self, experiment_id: str, indices: NDArray[Any] | list[int]
+    def _scaling(self, experiment_id: str) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Per-particle ``(image_offset, image_scale)`` arrays of one experiment (cached)."""
+        if experiment_id not in self._scalings:
+            ann = self.annotations(experiment_id)
+            self._scalings[experiment_id] = (ann["image_offset"].to_numpy(np.float32),
+                                             ann["image_scale"].to_numpy(np.float32))
+        return self._scalings[experiment_id]
+
+    def read_stored(self, experiment_id: str, indices: NDArray[Any] | list[int], out: NDArray[Any] | None = None
                     ) -> tuple[NDArray[Any], NDArray[np.float32], NDArray[np.float32]]:
         """Stored (undecoded) images ``(k, y, x)`` with their offsets and scales ``(k,)``.
 
-        Reads each Zarr chunk touched once, whatever the order of ``indices``.
+        Reads each Zarr chunk touched once, whatever the order of ``indices``; ``out`` (stored
+        dtype, shape ``(k, y, x)``) receives the images when given.
         """
         idx = np.asarray(indices, dtype=np.int64)
         arr = self.images_array(experiment_id)
         n = arr.shape[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"particle index out of range 0..{n - 1} for {experiment_id}")
-        ann = self.annotations(experiment_id)
-        out = np.empty((idx.size, *arr.shape[1:]), dtype=arr.dtype)
+        shape = (idx.size, *arr.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=arr.dtype)
+        elif out.shape != shape or out.dtype != arr.dtype:
+            raise ValueError(f"out: need shape {shape} and dtype {arr.dtype}")
         cp = self.chunk_particles
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        chunk_of = sorted_idx // cp
-        starts: list[int] = (np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
-                             if idx.size else [])
-        for a, b in itertools.pairwise([*starts, idx.size]):
-            c = int(chunk_of[a])
-            lo, hi = c * cp, min((c + 1) * cp, n)
-            block = np.asarray(arr[lo:hi])
-            out[order[a:b]] = block[sorted_idx[a:b] - lo]
-        off = ann["image_offset"].to_numpy(np.float32)[idx]
-        sc = ann["image_scale"].to_numpy(np.float32)[idx]
-        return out, off, sc
+        if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+            # a contiguous run (whole chunks, typically): one slice read, no gather
+            out[...] = arr[int(idx[0]):int(idx[-1]) + 1]
+        else:
+            order = np.argsort(idx, kind="stable")
+            sorted_idx = idx[order]
+            chunk_of = sorted_idx // cp
+            starts: list[int] = (np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
+                                 if idx.size else [])
+            for a, b in itertools.pairwise([*starts, idx.size]):
+                c = int(chunk_of[a])
+                lo, hi = c * cp, min((c + 1) * cp, n)
+                block = np.asarray(arr[lo:hi])
+                out[order[a:b]] = block[sorted_idx[a:b] - lo]
+        off, sc = self._scaling(experiment_id)
+        return out, off[idx], sc[idx]
 
     def read_images(self, experiment_id: str, indices: NDArray[Any] | list[int]) -> NDArray[np.float32]:
         """Decoded float32 images ``(k, y, x)`` for particle indices of one experiment."""
