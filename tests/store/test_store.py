@@ -255,3 +255,22 @@ def test_codecs_store_the_same_bits(tmp_path: Path, rng: np.random.Generator, co
         (tmp_path / codec / "store.json").read_text()), "codec": "brotli"}))
     with pytest.raises(InputError, match="brotli"):
         ParticleStore.open(tmp_path / codec)
+
+
+def test_read_stored_many_equals_one_at_a_time(tmp_path: Path, rng: np.random.Generator) -> None:
+    s = ParticleStore.create(tmp_path / "s", chunk_particles=5)
+    for name, n in (("A", 23), ("B", 12)):
+        s.add_experiment(name, rng.standard_normal((n, 6, 6)).astype(np.float32), pd.DataFrame({"k": np.arange(n)}))
+    s.add_experiment("C", rng.standard_normal((4, 7, 7)).astype(np.float32), pd.DataFrame({"k": np.arange(4)}))
+    requests = [("A", np.array([22, 3, 4, 17])), ("B", np.arange(5, 10)), ("A", np.arange(10, 15)), ("B", [0])]
+    stored, off, sc = s.read_stored_many(requests)
+    singles = [s.read_stored(e, i) for e, i in requests]
+    assert np.array_equal(stored, np.concatenate([x[0] for x in singles]))
+    assert np.array_equal(off, np.concatenate([x[1] for x in singles]))
+    assert np.array_equal(sc, np.concatenate([x[2] for x in singles]))
+    whole = s.images_array("A")[:]
+    assert np.array_equal(stored[:4], whole[[22, 3, 4, 17]])
+    with pytest.raises(ValueError, match="image shapes"):
+        s.read_stored_many([("A", [0]), ("C", [0])])
+    with pytest.raises(IndexError, match="out of range"):
+        s.read_stored_many([("B", [12])])

@@ -336,26 +336,15 @@ class StoreParticleStream(IterableDataset[tuple[torch.Tensor, dict[str, Any]]]):
         image size, else as an object array of ``(y, x)`` arrays.
         """
         rows = np.concatenate([self.unit_rows[u] for u in units])
-        offs: list[NDArray[np.float32]] = []
-        scales: list[NDArray[np.float32]] = []
-        blocks: list[NDArray[Any]] = []
+        requests = [(self.units[u][0], self._idx[self.unit_rows[u]]) for u in units]
         if self._uniform:
-            first = self.store.images_array(self.units[units[0]][0])
-            stored = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
-        pos = 0
-        for u in units:
-            k = len(self.unit_rows[u])
-            block, off, sc = self.store.read_stored(self.units[u][0], self._idx[self.unit_rows[u]],
-                                                    out=stored[pos:pos + k] if self._uniform else None)
-            offs.append(off)
-            scales.append(sc)
-            if not self._uniform:
-                blocks.extend(block)
-            pos += k
-        if not self._uniform:
-            stored = np.empty(len(rows), dtype=object)
-            stored[:] = blocks
-        return stored, np.concatenate(offs), np.concatenate(scales), rows
+            stored, off, sc = self.store.read_stored_many(requests)
+            return stored, off, sc, rows
+        parts = [self.store.read_stored(exp, idx) for exp, idx in requests]
+        mixed = np.empty(len(rows), dtype=object)
+        for i, image in enumerate(image for part in parts for image in part[0]):
+            mixed[i] = image  # element-wise: a slice assignment would try to broadcast equal shapes
+        return mixed, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]), rows
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         info = get_worker_info()

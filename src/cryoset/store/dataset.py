@@ -21,11 +21,12 @@ docs/store.md).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +171,23 @@ def _compressors(codec: str) -> list[Any]:
     if codec == "none":
         return []
     raise ValueError(f"codec: must be one of {', '.join(CODECS)}, got {codec!r}")
+
+
+def _read_ranges(reads: Sequence[tuple[Any, int, int]]) -> list[NDArray[Any]]:
+    """``arr[lo:hi]`` for each ``(arr, lo, hi)``, read concurrently through Zarr's event loop
+    (its I/O and codec work overlap); sequentially if that loop is not available."""
+    if len(reads) == 1:
+        arr, lo, hi = reads[0]
+        return [np.asarray(arr[lo:hi])]
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - a Zarr without the sync helper
+        return [np.asarray(arr[lo:hi]) for arr, lo, hi in reads]
+
+    async def gather() -> list[Any]:
+        return list(await asyncio.gather(*(arr.async_array.getitem(slice(lo, hi)) for arr, lo, hi in reads)))
+
+    return [np.asarray(b) for b in sync(gather())]
 
 
 @dataclass
@@ -374,33 +392,68 @@ class ParticleStore:
         Reads each Zarr chunk touched once, whatever the order of ``indices``; ``out`` (stored
         dtype, shape ``(k, y, x)``) receives the images when given.
         """
-        idx = np.asarray(indices, dtype=np.int64)
-        arr = self.images_array(experiment_id)
-        n = arr.shape[0]
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"particle index out of range 0..{n - 1} for {experiment_id}")
-        shape = (idx.size, *arr.shape[1:])
+        return self.read_stored_many([(experiment_id, indices)], out)
+
+    def read_stored_many(self, requests: Sequence[tuple[str, NDArray[Any] | list[int]]],
+                         out: NDArray[Any] | None = None
+                         ) -> tuple[NDArray[Any], NDArray[np.float32], NDArray[np.float32]]:
+        """:meth:`read_stored` of several ``(experiment_id, indices)`` requests, concatenated.
+
+        Every Zarr chunk touched is read once, and all of them concurrently (one round trip
+        through Zarr's event loop, so reading and decompressing overlap). The experiments must
+        share one image shape.
+        """
+        plans = []
+        for experiment_id, indices in requests:
+            idx = np.asarray(indices, dtype=np.int64)
+            arr = self.images_array(experiment_id)
+            n = arr.shape[0]
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise IndexError(f"particle index out of range 0..{n - 1} for {experiment_id}")
+            plans.append((experiment_id, idx, arr))
+        if not plans:
+            raise ValueError("requests: need at least one (experiment_id, indices) pair")
+        first = plans[0][2]
+        total = sum(p[1].size for p in plans)
+        shape = (total, *first.shape[1:])
+        if any(p[2].shape[1:] != first.shape[1:] or p[2].dtype != first.dtype for p in plans):
+            raise ValueError("requests: experiments with different image shapes or dtypes")
         if out is None:
-            out = np.empty(shape, dtype=arr.dtype)
-        elif out.shape != shape or out.dtype != arr.dtype:
-            raise ValueError(f"out: need shape {shape} and dtype {arr.dtype}")
+            out = np.empty(shape, dtype=first.dtype)
+        elif out.shape != shape or out.dtype != first.dtype:
+            raise ValueError(f"out: need shape {shape} and dtype {first.dtype}")
         cp = self.chunk_particles
-        if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
-            # a contiguous run (whole chunks, typically): one slice read, no gather
-            out[...] = arr[int(idx[0]):int(idx[-1]) + 1]
-        else:
-            order = np.argsort(idx, kind="stable")
-            sorted_idx = idx[order]
-            chunk_of = sorted_idx // cp
-            starts: list[int] = (np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
-                                 if idx.size else [])
-            for a, b in itertools.pairwise([*starts, idx.size]):
-                c = int(chunk_of[a])
-                lo, hi = c * cp, min((c + 1) * cp, n)
-                block = np.asarray(arr[lo:hi])
-                out[order[a:b]] = block[sorted_idx[a:b] - lo]
-        off, sc = self._scaling(experiment_id)
-        return out, off[idx], sc[idx]
+        reads: list[tuple[Any, int, int]] = []  # (array, lo, hi) to read
+        placements: list[tuple[int, NDArray[np.int64] | None, NDArray[np.int64] | None, int, int]] = []
+        pos = 0
+        for _exp, idx, arr in plans:
+            if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+                # a contiguous run (whole chunks, typically): one slice read, no gather
+                reads.append((arr, int(idx[0]), int(idx[-1]) + 1))
+                placements.append((len(reads) - 1, None, None, pos, pos + idx.size))
+            elif idx.size:
+                order = np.argsort(idx, kind="stable")
+                sorted_idx = idx[order]
+                chunk_of = sorted_idx // cp
+                starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
+                for a, b in itertools.pairwise([*starts, idx.size]):
+                    c = int(chunk_of[a])
+                    lo = c * cp
+                    reads.append((arr, lo, min(lo + cp, arr.shape[0])))
+                    placements.append((len(reads) - 1, pos + order[a:b], sorted_idx[a:b] - lo, 0, 0))
+            pos += idx.size
+        blocks = _read_ranges(reads)
+        for r, dest, src, lo, hi in placements:
+            if dest is None or src is None:
+                out[lo:hi] = blocks[r]
+            else:
+                out[dest] = blocks[r][src]
+        offs, scales = [], []
+        for exp, idx, _arr in plans:
+            off, sc = self._scaling(exp)
+            offs.append(off[idx])
+            scales.append(sc[idx])
+        return out, np.concatenate(offs), np.concatenate(scales)
 
     def read_images(self, experiment_id: str, indices: NDArray[Any] | list[int]) -> NDArray[np.float32]:
         """Decoded float32 images ``(k, y, x)`` for particle indices of one experiment."""
