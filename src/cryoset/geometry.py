@@ -23,6 +23,14 @@ from numpy.typing import ArrayLike, NDArray
 _EPS = 16 * np.finfo(np.float32).eps
 
 
+def _as_matrices(matrix: ArrayLike) -> NDArray[np.float64]:
+    """``matrix`` as float64, shape (..., 3, 3); ValueError for any other shape."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape[-2:] != (3, 3):
+        raise ValueError(f"matrix: expected shape (..., 3, 3), got {m.shape}")
+    return m
+
+
 def euler_to_matrix(rot_deg: ArrayLike, tilt_deg: ArrayLike, psi_deg: ArrayLike) -> NDArray[np.float64]:
     """RELION ZYZ Euler angles (degrees) to rotation matrices.
 
@@ -75,9 +83,7 @@ def matrix_to_euler(matrix: ArrayLike) -> NDArray[np.float64]:
         ``(rot, tilt, psi)`` in degrees, tilt in [0, 180], rot and psi in (-180, 180].
         In the gimbal-lock case (tilt 0 or 180) rot is set to 0.
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix: expected shape (..., 3, 3), got {m.shape}")
+    m = _as_matrices(matrix)
     abs_sb = np.hypot(m[..., 0, 2], m[..., 1, 2])
     regular = abs_sb > _EPS
     gamma = np.arctan2(m[..., 1, 2], -m[..., 0, 2])
@@ -134,9 +140,7 @@ def matrix_to_rotvec(matrix: ArrayLike) -> NDArray[np.float64]:
     -------
     ndarray, shape (..., 3)
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix: expected shape (..., 3, 3), got {m.shape}")
+    m = _as_matrices(matrix)
     q = matrix_to_quaternion(m)
     w = np.clip(q[..., 0], -1.0, 1.0)
     xyz = q[..., 1:]

@@ -28,12 +28,18 @@ def _blob(n: int, center_zyx: tuple[float, float, float], sigma: float) -> np.nd
     return np.exp(-r2 / (2 * sigma**2))
 
 
-def _smooth_volume(n: int, rng: np.random.Generator) -> np.ndarray:
+def _blob_volume(n: int, rng: np.random.Generator, spread_px: float,
+                 sigma_range: tuple[float, float]) -> np.ndarray:
+    """Six Gaussian blobs, centres uniform within ±spread_px of the centre on each axis."""
     vol = np.zeros((n, n, n))
     for _ in range(6):
-        c = n // 2 + rng.uniform(-n / 6, n / 6, 3)
-        vol += rng.uniform(0.5, 1.5) * _blob(n, (c[0], c[1], c[2]), rng.uniform(1.5, 2.5))
+        c = n // 2 + rng.uniform(-spread_px, spread_px, 3)
+        vol += rng.uniform(0.5, 1.5) * _blob(n, (c[0], c[1], c[2]), rng.uniform(*sigma_range))
     return vol
+
+
+def _smooth_volume(n: int, rng: np.random.Generator) -> np.ndarray:
+    return _blob_volume(n, rng, n / 6, (1.5, 2.5))
 
 
 def test_identity_projection_is_sum_of_gridding_corrected_volume(rng: np.random.Generator) -> None:
@@ -99,11 +105,7 @@ def test_central_slice_coordinates_identity_and_norm(rng: np.random.Generator) -
 
 
 def _compact_volume(n: int, rng: np.random.Generator) -> np.ndarray:
-    vol = np.zeros((n, n, n))
-    for _ in range(6):
-        c = n // 2 + rng.uniform(-n / 8, n / 8, 3)
-        vol += rng.uniform(0.5, 1.5) * _blob(n, (c[0], c[1], c[2]), rng.uniform(1.2, 1.8))
-    return vol
+    return _blob_volume(n, rng, n / 8, (1.2, 1.8))
 
 
 @pytest.mark.parametrize("order", [1, 3, 5])

@@ -118,26 +118,19 @@ def _gotoh(a: NDArray[np.int32], b: NDArray[np.int32], sub: NDArray[np.int32],
                 arg = 1
             gy[i, j] = best
             ty[i, j] = arg
-    # free trailing overhang: best cell of the last row or column, any state
+    # free trailing overhang: best cell of the last row, then of the last column, any state
     best_score = neg
     bi = n
     bj = m
     bs = 0
-    for j in range(m + 1):
+    for c in range(m + n + 2):
+        ci, cj = (n, c) if c <= m else (c - m - 1, m)
         for s in range(3):
-            v = int(mat[n, j] if s == 0 else (gx[n, j] if s == 1 else gy[n, j]))
+            v = int(mat[ci, cj] if s == 0 else (gx[ci, cj] if s == 1 else gy[ci, cj]))
             if v > best_score:
                 best_score = v
-                bi = n
-                bj = j
-                bs = s
-    for i in range(n + 1):
-        for s in range(3):
-            v = int(mat[i, m] if s == 0 else (gx[i, m] if s == 1 else gy[i, m]))
-            if v > best_score:
-                best_score = v
-                bi = i
-                bj = m
+                bi = ci
+                bj = cj
                 bs = s
     # traceback, counting identical aligned pairs and aligned columns
     i = bi

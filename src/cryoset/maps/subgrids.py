@@ -53,6 +53,31 @@ def box_starts(shape: Sequence[int], box: int = 32, overlap: int = 6) -> NDArray
     return (np.stack([qz.ravel(), qy.ravel(), qx.ravel()], axis=1) * core - overlap).astype(np.int32)
 
 
+def _as_map(volume: NDArray[np.generic]) -> NDArray[np.generic]:
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"a map must be 3D (z, y, x), got shape {vol.shape}")
+    return vol
+
+
+def _box_view(vol: NDArray[np.generic], box: int, overlap: int, fill: float
+              ) -> tuple[NDArray[np.generic], tuple[int, int, int]]:
+    """All ``box³`` sub-grids of the ``fill``-padded map as a strided view, and the box grid.
+
+    Returns
+    -------
+    view : ndarray, shape (gz, gy, gx, box, box, box)
+        ``view[qz, qy, qx]`` is box ``(qz, qy, qx)`` (a view of one padded copy of the map).
+    grid : (gz, gy, gx)
+        :func:`box_grid`.
+    """
+    core = _check(box, overlap)
+    grid = box_grid(vol.shape, box, overlap)
+    pad = [(overlap, g * core + overlap - n) for g, n in zip(grid, vol.shape, strict=True)]
+    padded = np.pad(vol, pad, mode="constant", constant_values=fill)
+    return sliding_window_view(padded, (box, box, box))[::core, ::core, ::core], grid
+
+
 def iter_blocks(
     volume: NDArray[np.generic], box: int = 32, overlap: int = 6, *, batch: int = 256, fill: float = 0
 ) -> Iterator[tuple[int, NDArray[np.generic]]]:
@@ -61,16 +86,10 @@ def iter_blocks(
     Only one batch of blocks exists at a time (plus one padded copy of the volume), so
     peak memory stays near the map size however many boxes there are.
     """
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"a map must be 3D (z, y, x), got shape {vol.shape}")
+    vol = _as_map(volume)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    core = _check(box, overlap)
-    grid = box_grid(vol.shape, box, overlap)
-    pad = [(overlap, g * core + overlap - n) for g, n in zip(grid, vol.shape, strict=True)]
-    padded = np.pad(vol, pad, mode="constant", constant_values=fill)
-    view = sliding_window_view(padded, (box, box, box))[::core, ::core, ::core]
+    view, grid = _box_view(vol, box, overlap, fill)
     total = grid[0] * grid[1] * grid[2]
     for lo in range(0, total, batch):
         qz, qy, qx = np.unravel_index(np.arange(lo, min(lo + batch, total)), grid)
@@ -96,14 +115,8 @@ def split(
     starts : int32 ndarray, shape (n_boxes, 3)
         Map index of each block's ``[0, 0, 0]`` voxel.
     """
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"a map must be 3D (z, y, x), got shape {vol.shape}")
-    core = _check(box, overlap)
-    grid = box_grid(vol.shape, box, overlap)
-    pad = [(overlap, g * core + overlap - n) for g, n in zip(grid, vol.shape, strict=True)]
-    padded = np.pad(vol, pad, mode="constant", constant_values=fill)
-    view = sliding_window_view(padded, (box, box, box))[::core, ::core, ::core]
+    vol = _as_map(volume)
+    view, grid = _box_view(vol, box, overlap, fill)
     blocks = np.empty((grid[0] * grid[1] * grid[2], box, box, box), dtype=vol.dtype)
     blocks.reshape(*grid, box, box, box)[...] = view
     return blocks, box_starts(vol.shape, box, overlap)

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from cryoset.errors import InputError
 from cryoset.particles.fourier import fourier_crop
-from cryoset.picking.peaks import find_peaks, local_power
+from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
 __all__ = [
     "WORK_DIAMETER_PX",
@@ -233,26 +233,9 @@ def pick_blobs(
     diam_work = np.linspace(lo, hi, N_SCALES) / pixel_size_a / factor
     resp = blob_response(work, diam_work)
     d_work = d_px / factor
-    xy_w, vals = find_peaks(
-        resp,
-        settings.min_distance_fraction * d_work,
-        threshold=settings.threshold,
+    xy, vals, xy_w = peaks_in_micrograph(
+        resp, factor, (img.shape[0], img.shape[1]), settings.min_distance_fraction * d_work,
+        threshold=settings.threshold, edge_margin_px=settings.edge_fraction * d_px,
     )
-    xy = xy_w * factor
-    inside = _edge_ok(xy, img.shape, settings.edge_fraction * d_px)
-    xy, vals, xy_w = xy[inside], vals[inside], xy_w[inside]
-    return pd.DataFrame({
-        "micrograph": pd.Series([micrograph] * len(xy), dtype=object),
-        "x_px": xy[:, 0],
-        "y_px": xy[:, 1],
-        "score": vals.astype(np.float64),
-        "diameter_px": np.full(len(xy), d_px),
-        "ncc": disk_ncc(work, xy_w, d_work),
-        "power": local_power(work, xy_w, d_work / 2),
-    })
-
-
-def _edge_ok(xy: NDArray[np.float64], shape: tuple[int, ...], margin_px: float) -> NDArray[np.bool_]:
-    from cryoset.picking.peaks import edge_mask
-
-    return edge_mask(xy, (int(shape[0]), int(shape[1])), margin_px)
+    return picks_table(micrograph, xy, vals, d_px, ncc=disk_ncc(work, xy_w, d_work),
+                       power=local_power(work, xy_w, d_work / 2))

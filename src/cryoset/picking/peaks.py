@@ -20,6 +20,8 @@ __all__ = [
     "find_peaks",
     "local_power",
     "non_max_suppression",
+    "peaks_in_micrograph",
+    "picks_table",
     "remove_duplicates",
 ]
 
@@ -132,6 +134,80 @@ def find_peaks(
     xy, vals = xy[inside], vals[inside]
     keep = non_max_suppression(xy, vals, min_distance_px)
     return xy[keep], vals[keep]
+
+
+def peaks_in_micrograph(
+    response: ArrayLike,
+    factor: float,
+    micrograph_shape: tuple[int, int],
+    min_distance_px: float,
+    *,
+    threshold: float,
+    edge_margin_px: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Peaks of a score map computed on a binned working image, placed in the micrograph.
+
+    Parameters
+    ----------
+    response : array_like, shape (my, mx)
+        Score map on the working image (binned ``factor`` times).
+    factor
+        Micrograph pixels per working pixel.
+    micrograph_shape
+        ``(ny, nx)`` of the original micrograph.
+    min_distance_px
+        Minimum peak separation in working pixels (:func:`find_peaks`).
+    threshold
+        Only peaks with ``response > threshold``.
+    edge_margin_px
+        Peaks closer than this (micrograph pixels) to a micrograph edge are dropped
+        (:func:`edge_mask`).
+
+    Returns
+    -------
+    xy : ndarray, shape (k, 2)
+        Peak positions ``(x, y)`` in micrograph pixels.
+    values : ndarray, shape (k,)
+        Response at the peaks, in decreasing order.
+    xy_work : ndarray, shape (k, 2)
+        The same peaks in working pixels.
+    """
+    xy_work, values = find_peaks(response, min_distance_px, threshold=threshold)
+    xy = xy_work * factor
+    ok = edge_mask(xy, (int(micrograph_shape[0]), int(micrograph_shape[1])), edge_margin_px)
+    return xy[ok], values[ok], xy_work[ok]
+
+
+def picks_table(micrograph: str, xy: ArrayLike, score: ArrayLike, diameter_px: float,
+                **extra: ArrayLike) -> pd.DataFrame:
+    """Canonical picks table of one micrograph, extra columns after the canonical ones.
+
+    Parameters
+    ----------
+    micrograph
+        Name for the ``micrograph`` column.
+    xy : array_like, shape (k, 2)
+        Positions ``(x, y)`` in micrograph pixels.
+    score : array_like, shape (k,)
+    diameter_px
+        One diameter for every pick.
+    **extra : array_like, shape (k,)
+        Further columns, in the order given.
+
+    Returns
+    -------
+    DataFrame
+        ``micrograph, x_px, y_px, score, diameter_px`` (float64) plus ``extra``.
+    """
+    p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    return pd.DataFrame({
+        "micrograph": pd.Series([micrograph] * len(p), dtype=object),
+        "x_px": p[:, 0],
+        "y_px": p[:, 1],
+        "score": np.asarray(score).astype(np.float64),
+        "diameter_px": np.full(len(p), diameter_px),
+        **extra,
+    })
 
 
 def local_power(image: ArrayLike, xy: ArrayLike, radius_px: float) -> NDArray[np.float64]:

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from cryoset.errors import InputError
 from cryoset.picking.blob import prepare_micrograph
-from cryoset.picking.peaks import edge_mask, find_peaks, local_power
+from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
 __all__ = ["TemplateSettings", "ncc_map", "pick_templates", "prepare_templates"]
 
@@ -242,18 +242,13 @@ def pick_templates(
     )
     n_angles = len(np.arange(0.0, 360.0 - 1e-9, settings.angle_step_deg))
     ncc, arg = ncc_map(work, prepared)
-    xy_w, vals = find_peaks(ncc, settings.min_distance_fraction * d_work, threshold=settings.threshold)
-    xy = xy_w * factor
-    ok = edge_mask(xy, (img.shape[0], img.shape[1]), settings.edge_fraction * d_px)
-    xy, vals, xy_w = xy[ok], vals[ok], xy_w[ok]
+    xy, vals, xy_w = peaks_in_micrograph(
+        ncc, factor, (img.shape[0], img.shape[1]), settings.min_distance_fraction * d_work,
+        threshold=settings.threshold, edge_margin_px=settings.edge_fraction * d_px,
+    )
     ij = np.rint(xy_w).astype(int)
-    return pd.DataFrame({
-        "micrograph": pd.Series([micrograph] * len(xy), dtype=object),
-        "x_px": xy[:, 0],
-        "y_px": xy[:, 1],
-        "score": vals.astype(np.float64),
-        "diameter_px": np.full(len(xy), d_px),
-        "ncc": vals.astype(np.float64),
-        "power": local_power(work, xy_w, d_work / 2),
-        "template": (arg[ij[:, 1], ij[:, 0]] // max(n_angles, 1)).astype(np.int64),
-    })
+    return picks_table(
+        micrograph, xy, vals, d_px, ncc=vals.astype(np.float64),
+        power=local_power(work, xy_w, d_work / 2),
+        template=(arg[ij[:, 1], ij[:, 0]] // max(n_angles, 1)).astype(np.int64),
+    )

@@ -58,6 +58,7 @@ import scipy.fft
 from numpy.typing import NDArray
 
 from cryoset.recon.fsc import CorrelationCurve, fourier_shell_correlation, resolution_at
+from cryoset.simulate.projection import signed_frequency, slice_axes, slice_frequency
 
 #: Images per batch when transforming and inserting (bounds memory).
 _BATCH = 64
@@ -76,21 +77,17 @@ def _insert(slices: NDArray[np.complex64], ctf2: NDArray[np.float32], rots: NDAr
     rmax = (n_pad // 2 - 1) / scale
     rmax2 = rmax * rmax
     for m in range(rots.shape[0]):
-        a00, a01, a02 = rots[m, 0, 0] * scale, rots[m, 0, 1] * scale, rots[m, 0, 2] * scale
-        a10, a11, a12 = rots[m, 1, 0] * scale, rots[m, 1, 1] * scale, rots[m, 1, 2] * scale
+        axes = slice_axes(rots, m, scale)
         for iy in range(s2d):
-            ky = iy if iy < (s2d + 1) // 2 else iy - s2d
+            ky = signed_frequency(iy, s2d)
             for ix in range(slices.shape[2]):
                 kx = ix
                 if kx * kx + ky * ky > rmax2:
                     continue
                 c2 = ctf2[m, iy, ix]
                 val = slices[m, iy, ix]
-                fx = a00 * kx + a10 * ky
-                fy = a01 * kx + a11 * ky
-                fz = a02 * kx + a12 * ky
-                if fx < 0.0:
-                    fx, fy, fz = -fx, -fy, -fz
+                fx, fy, fz, conj = slice_frequency(axes, kx, ky)
+                if conj:
                     val = np.conj(val)
                 x0 = math.floor(fx)
                 y0 = math.floor(fy)

@@ -186,6 +186,61 @@ def central_slice_coordinates(rotations: ArrayLike, n_pad: int) -> NDArray[np.fl
     return np.asarray(np.einsum("...rc,ijr->...ijc", rot[..., :2, :], k2), dtype=np.float64)
 
 
+# Central-slice helpers, inlined into the kernels below and into
+# cryoset.recon.reconstruct._insert. numba's on-disk cache of a kernel is invalidated only by
+# edits to the kernel's own file: after changing these, delete recon's __pycache__/*.nbi/*.nbc.
+@numba.njit(cache=True, nogil=True, inline="always")
+def signed_frequency(i: int, n: int) -> int:  # pragma: no cover
+    """Frequency (cycles per ``n``) of row ``i`` of an ``n``-point FFT: ``i`` or ``i - n``.
+
+    The numba twin of ``np.fft.fftfreq(n)[i] * n`` for the central-slice kernels.
+    """
+    return i if i < (n + 1) // 2 else i - n
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def slice_axes(rots: NDArray[np.float64], m: int, scale: float
+               ) -> tuple[float, float, float, float, float, float]:  # pragma: no cover
+    """First two rows of ``rots[m]`` times ``scale``: ``(a00, a01, a02, a10, a11, a12)``.
+
+    The coefficients :func:`slice_frequency` needs for the central slice of pose ``m``;
+    ``scale`` converts image frequencies to volume-grid frequencies (``N / s``).
+    """
+    return (rots[m, 0, 0] * scale, rots[m, 0, 1] * scale, rots[m, 0, 2] * scale,
+            rots[m, 1, 0] * scale, rots[m, 1, 1] * scale, rots[m, 1, 2] * scale)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def slice_frequency(axes: tuple[float, float, float, float, float, float], kx: int, ky: int
+                    ) -> tuple[float, float, float, bool]:  # pragma: no cover
+    """Volume frequency ``Aᵀ (kx, ky, 0) · scale`` of image frequency ``(kx, ky)``, ``fx ≥ 0``.
+
+    The central-slice step shared by :func:`_extract_slices`, :func:`_extract_slices_es`
+    and :func:`cryoset.recon.reconstruct._insert` (:func:`central_slice_coordinates` is its
+    unfolded numpy form).
+
+    Parameters
+    ----------
+    axes
+        :func:`slice_axes` of the pose.
+    kx, ky
+        Image frequency (index units of the 2D grid).
+
+    Returns
+    -------
+    fx, fy, fz, conj
+        Half-grid frequency (``fx ≥ 0``; a point with ``fx < 0`` is replaced by its Friedel
+        mate) and whether it was (the value there is the complex conjugate).
+    """
+    a00, a01, a02, a10, a11, a12 = axes
+    fx = a00 * kx + a10 * ky
+    fy = a01 * kx + a11 * ky
+    fz = a02 * kx + a12 * ky
+    if fx < 0.0:
+        return -fx, -fy, -fz, True
+    return fx, fy, fz, False
+
+
 @numba.njit(cache=True, nogil=True)
 def _extract_slices(fvol: NDArray[np.complex64], rots: NDArray[np.float64], scale: float,
                     out: NDArray[np.complex64]) -> None:  # pragma: no cover
@@ -195,22 +250,15 @@ def _extract_slices(fvol: NDArray[np.complex64], rots: NDArray[np.float64], scal
     rmax = n_out // 2
     rmax2 = rmax * rmax
     for m in range(rots.shape[0]):
-        a00, a01, a02 = rots[m, 0, 0] * scale, rots[m, 0, 1] * scale, rots[m, 0, 2] * scale
-        a10, a11, a12 = rots[m, 1, 0] * scale, rots[m, 1, 1] * scale, rots[m, 1, 2] * scale
+        axes = slice_axes(rots, m, scale)
         for iy in range(n_out):
-            ky = iy if iy < (n_out + 1) // 2 else iy - n_out
+            ky = signed_frequency(iy, n_out)
             for ix in range(out.shape[2]):
                 kx = ix
                 if kx * kx + ky * ky > rmax2:
                     out[m, iy, ix] = 0.0
                     continue
-                fx = a00 * kx + a10 * ky
-                fy = a01 * kx + a11 * ky
-                fz = a02 * kx + a12 * ky
-                conj = False
-                if fx < 0.0:
-                    fx, fy, fz = -fx, -fy, -fz
-                    conj = True
+                fx, fy, fz, conj = slice_frequency(axes, kx, ky)
                 x0 = math.floor(fx)
                 y0 = math.floor(fy)
                 z0 = math.floor(fz)
@@ -249,27 +297,20 @@ def _extract_slices_es(fvol: NDArray[np.complex64], rots: NDArray[np.float64], s
     rmax2 = rmax * rmax
     half = width / 2.0
     for m in range(rots.shape[0]):
-        a00, a01, a02 = rots[m, 0, 0] * scale, rots[m, 0, 1] * scale, rots[m, 0, 2] * scale
-        a10, a11, a12 = rots[m, 1, 0] * scale, rots[m, 1, 1] * scale, rots[m, 1, 2] * scale
+        axes = slice_axes(rots, m, scale)
         wx = np.empty(width)
         wy = np.empty(width)
         wz = np.empty(width)
         iy_idx = np.empty(width, dtype=np.int64)
         iz_idx = np.empty(width, dtype=np.int64)
         for iy in range(n_out):
-            ky = iy if iy < (n_out + 1) // 2 else iy - n_out
+            ky = signed_frequency(iy, n_out)
             for ix in range(out.shape[2]):
                 kx = ix
                 if kx * kx + ky * ky > rmax2:
                     out[m, iy, ix] = 0.0
                     continue
-                fx = a00 * kx + a10 * ky
-                fy = a01 * kx + a11 * ky
-                fz = a02 * kx + a12 * ky
-                conj = False
-                if fx < 0.0:
-                    fx, fy, fz = -fx, -fy, -fz
-                    conj = True
+                fx, fy, fz, conj = slice_frequency(axes, kx, ky)
                 x0 = math.ceil(fx - half)
                 y0 = math.ceil(fy - half)
                 z0 = math.ceil(fz - half)
