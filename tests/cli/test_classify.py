@@ -53,6 +53,12 @@ def test_classify2d_writes_relion_star_averages_gallery_and_stats(run_cli, sim_d
     assert len(kept) == summary["kept"] == int(table["rlnCryosetKept"].sum())
     pops = [row["population"] for row in summary["class_table"]]
     assert sum(pops) == 60
+    import pandas as pd
+
+    classes = pd.read_csv(out / "classes.csv")
+    assert set(classes["verdict"]) <= {"good", "small", "low_power", "high_power", "resolution"}
+    assert (classes["good"] == (classes["verdict"] == "good")).all()
+    assert summary["good_classes"] == [int(c) for c in classes["class_number"][classes["good"]]]
 
 
 def test_classify2d_from_store_query(run_cli, sim_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +84,9 @@ def test_bad_arguments_exit_2(run_cli, sim_dir: Path, tmp_path: Path) -> None:  
     assert code == 2 and err.startswith("error:")
     code, _, err = run_cli("classify2d", tmp_path / "missing.star", "--out", tmp_path / "x")
     assert code == 2
+    code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x",
+                           "--power-fraction", "0.5", "--max-power-ratio", "0.4")
+    assert code == 2 and "--max-power-ratio" in err
 
 
 @pytest.mark.shared_data

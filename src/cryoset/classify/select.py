@@ -11,16 +11,25 @@ of the squared class average inside the mask, in units of the image noise varian
 are normalised to unit background standard deviation): a class of pure-noise images averages
 to ≈ 0.
 
-Junk rule (:func:`select_classes`): a class is **good** when
+Junk rule (:func:`class_verdicts`, :func:`select_classes`): a class is **good** when
 (1) it holds at least ``min_population`` particles,
-(2) its FRC resolution is at most ``resolution_factor`` × the best class resolution, and
-(3) its mean power is at least ``power_fraction`` × the median mean power of the classes
-that pass (1). Every other class is junk.
+(2) its mean power is at least ``power_fraction`` (0.25) and at most ``max_power_ratio`` (3) ×
+the median mean power of the classes that pass (1) — the lower bound removes noise-only
+classes, the upper bound high-contrast contamination (ice, carbon, aggregates), and
+(3) its FRC resolution is at most ``resolution_factor`` (2) × the reference resolution: the
+population-weighted median resolution of the classes that pass (1) and (2) (sort them by
+resolution; the first whose cumulative population reaches half the total).
+Every other class is junk. The reference is a median, not the best class, because the
+sharpest class is often unusual (one well-populated view, or a class of contamination whose
+FRC is inflated by alignment to its own average): a cut relative to it rejected whole
+classes of real particles (see docs/classify.md for the measurements).
 
 Second pass (:func:`recover_particles`, the CryoVirusDB step): every particle is aligned
 (one hard E-step) against the good class averages only; a particle from a junk class is
 recovered when its log-likelihood gain there is at least the ``percentile``-th percentile of
-the gains of the particles already kept.
+the gains of the particles already kept. The CLI and the benchmark recover only from classes
+rejected for population or resolution (:func:`recoverable_classes`), not from classes
+rejected for their power (noise, contamination).
 """
 
 from __future__ import annotations
@@ -99,31 +108,109 @@ def class_statistics(images: NDArray[np.float32], result: Classification2D, sett
     return pd.DataFrame(rows)
 
 
-def select_classes(stats: pd.DataFrame, *, min_population: int = 3, resolution_factor: float = 1.5,
-                   power_fraction: float = 0.25) -> NDArray[np.bool_]:
-    """Good (True) / junk (False) per class by the rule in the module docstring.
+def reference_resolution(resolution_a: NDArray[np.float64], population: NDArray[np.int64]) -> float:
+    """Population-weighted median of the finite class resolutions.
+
+    Parameters
+    ----------
+    resolution_a, population : arrays, shape (K,)
+
+    Returns
+    -------
+    float
+        The resolution of the first class (sorted by resolution) whose cumulative population
+        reaches half the total population of the classes with a finite resolution; ``inf`` when
+        none is finite or populated.
+    """
+    res = np.asarray(resolution_a, np.float64)
+    pop = np.asarray(population, np.float64)
+    finite = np.isfinite(res) & (pop > 0)
+    if not finite.any():
+        return float("inf")
+    order = np.argsort(res[finite], kind="stable")
+    cum = np.cumsum(pop[finite][order])
+    return float(res[finite][order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def class_verdicts(stats: pd.DataFrame, *, min_population: int = 3, resolution_factor: float = 2.0,
+                   power_fraction: float = 0.25, max_power_ratio: float = 3.0) -> NDArray[np.str_]:
+    """Verdict per class by the rule in the module docstring: good, or the first failed criterion.
 
     Parameters
     ----------
     stats
         From :func:`class_statistics`.
-    min_population, resolution_factor, power_fraction
-        The three thresholds.
+    min_population
+        Smaller classes are junk.
+    resolution_factor
+        Good classes have resolution <= factor × :func:`reference_resolution` of the classes
+        passing the population and power criteria.
+    power_fraction, max_power_ratio
+        Good classes have mean power within [fraction, ratio] × the median power of the
+        populated classes (``max_power_ratio=inf`` disables the upper bound).
+
+    Returns
+    -------
+    ndarray of str, shape (K,)
+        ``"good"``, ``"small"`` (population), ``"low_power"`` (noise), ``"high_power"``
+        (contamination) or ``"resolution"``.
+    """
+    pop = stats["population"].to_numpy(np.int64)
+    res = stats["resolution_a"].to_numpy(np.float64)
+    power = stats["mean_power"].to_numpy(np.float64)
+    verdict = np.full(len(stats), "small", dtype="<U10")
+    populated = pop >= min_population
+    if not populated.any():
+        return verdict
+    median_power = float(np.median(power[populated]))
+    low = populated & (power < power_fraction * median_power)
+    high = populated & ~low & (power > max_power_ratio * median_power)
+    candidates = populated & ~low & ~high
+    reference = reference_resolution(np.where(candidates, res, np.inf), pop)
+    verdict[low] = "low_power"
+    verdict[high] = "high_power"
+    verdict[candidates] = np.where(res[candidates] <= resolution_factor * reference, "good", "resolution")
+    return verdict
+
+
+def select_classes(stats: pd.DataFrame, *, min_population: int = 3, resolution_factor: float = 2.0,
+                   power_fraction: float = 0.25, max_power_ratio: float = 3.0) -> NDArray[np.bool_]:
+    """Good (True) / junk (False) per class: ``class_verdicts(...) == "good"``.
+
+    Parameters
+    ----------
+    stats
+        From :func:`class_statistics`.
+    min_population, resolution_factor, power_fraction, max_power_ratio
+        See :func:`class_verdicts`.
 
     Returns
     -------
     ndarray of bool, shape (K,)
     """
-    pop = stats["population"].to_numpy()
-    res = stats["resolution_a"].to_numpy(np.float64)
-    power = stats["mean_power"].to_numpy(np.float64)
-    populated = pop >= min_population
-    if not populated.any():
-        return np.zeros(len(stats), bool)
-    best = float(np.min(res[populated]))
-    median_power = float(np.median(power[populated]))
-    good = populated & (res <= resolution_factor * best) & (power >= power_fraction * median_power)
-    return np.asarray(good, bool)
+    verdict = class_verdicts(stats, min_population=min_population, resolution_factor=resolution_factor,
+                             power_fraction=power_fraction, max_power_ratio=max_power_ratio)
+    return np.asarray(verdict == "good", bool)
+
+
+def recoverable_classes(verdict: NDArray[np.str_]) -> NDArray[np.bool_]:
+    """Junk classes whose particles the second pass may take back: ``small`` and ``resolution``.
+
+    Classes rejected for their power are junk by content (noise, contamination): a
+    high-contrast contamination image correlates with any average, so its gain against the
+    good averages says nothing (measured: the recovery pass re-admitted every ice image of
+    the rejected ice classes), and noise images have no gain to speak of.
+
+    Parameters
+    ----------
+    verdict : array of str, shape (K,)
+        From :func:`class_verdicts`.
+
+    Returns
+    -------
+    ndarray of bool, shape (K,)
+    """
+    return np.isin(np.asarray(verdict), ("small", "resolution"))
 
 
 @dataclass
@@ -151,7 +238,7 @@ class Recovery:
 
 def recover_particles(images: NDArray[np.float32], result: Classification2D, good: NDArray[np.bool_],
                       settings: ClassifySettings, *, ctf: NDArray[np.float32] | None = None,
-                      percentile: float = 10.0) -> Recovery:
+                      percentile: float = 10.0, recover_from: NDArray[np.bool_] | None = None) -> Recovery:
     """Second pass: take back junk-class particles that fit a good class as well as kept ones do.
 
     Parameters
@@ -166,6 +253,9 @@ def recover_particles(images: NDArray[np.float32], result: Classification2D, goo
     ctf : array, shape (n, b, b//2 + 1), optional
     percentile
         Percentile of the kept particles' gains used as the threshold.
+    recover_from : array of bool, shape (K,), optional
+        Classes whose particles may be recovered (e.g. :func:`recoverable_classes`); default
+        every junk class.
 
     Returns
     -------
@@ -178,5 +268,6 @@ def recover_particles(images: NDArray[np.float32], result: Classification2D, goo
     second = align_to_references(images, result.averages[good], settings, ctf=ctf, sigma2=result.sigma2)
     gains = second.log_evidence_gain
     threshold = float(np.percentile(gains[in_good], percentile)) if in_good.any() else float("inf")
-    recovered = ~in_good & (gains >= threshold)
+    allowed = ~good if recover_from is None else np.asarray(recover_from, bool) & ~good
+    recovered = allowed[result.class_index] & (gains >= threshold)
     return Recovery(in_good | recovered, recovered, threshold, second)

@@ -67,8 +67,11 @@ def register(app: typer.Typer) -> None:
         use_ctf: bool = typer.Option(True, "--ctf/--no-ctf", help="Use the particles' CTFs."),
         recover: bool = typer.Option(True, "--recover/--no-recover", help="Second pass over junk classes."),
         min_population: int = typer.Option(3, "--min-population", help="Junk rule: smaller classes are junk."),
-        resolution_factor: float = typer.Option(1.5, "--resolution-factor", help="Junk rule: res <= factor × best."),
+        resolution_factor: float = typer.Option(
+            2.0, "--resolution-factor", help="Junk rule: res <= factor × population-weighted median class res."),
         power_fraction: float = typer.Option(0.25, "--power-fraction", help="Junk rule: power >= fraction × median."),
+        max_power_ratio: float = typer.Option(
+            3.0, "--max-power-ratio", help="Junk rule: power <= ratio × median (ice/carbon; inf disables)."),
         percentile: float = typer.Option(10.0, "--recover-percentile", help="Recovery threshold percentile."),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
         permissive: bool = typer.Option(False, "--permissive", help="Open non-conforming MRC stacks."),
@@ -86,7 +89,12 @@ def register(app: typer.Typer) -> None:
 
         from cryoset.classify.data import ctf_images, has_ctf, load_star, load_store
         from cryoset.classify.em2d import ClassifySettings, classify_2d
-        from cryoset.classify.select import class_statistics, recover_particles, select_classes
+        from cryoset.classify.select import (
+            class_statistics,
+            class_verdicts,
+            recover_particles,
+            recoverable_classes,
+        )
         from cryoset.io.atomic import atomic_path, write_text_atomic
         from cryoset.io.mrc import write_stack
         from cryoset.io.particles import write_particles
@@ -98,6 +106,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("--query", "needs --store")
         if classes < 1 or n_iter < 1 or not 0 < psi_step <= 180 or offset_range < 0:
             raise InputError("options", "need --classes >= 1, --iter >= 1, 0 < --psi-step <= 180, --offset-range >= 0")
+        if not (resolution_factor > 0 and 0 <= power_fraction < max_power_ratio):
+            raise InputError("options", "need --resolution-factor > 0 and 0 <= --power-fraction < --max-power-ratio")
         source: Path = particles if particles is not None else Path(str(store))
         if particles is not None:
             data = load_star(particles, box=box, permissive=permissive)
@@ -119,13 +129,16 @@ def register(app: typer.Typer) -> None:
             result = classify_2d(data.images, settings, ctf=ctf,
                                  progress=lambda i: bar.update(task, completed=i))
         stats = class_statistics(data.images, result, settings, data.pixel_size_a, ctf=ctf, seed=seed)
-        good = select_classes(stats, min_population=min_population, resolution_factor=resolution_factor,
-                              power_fraction=power_fraction)
+        verdict = class_verdicts(stats, min_population=min_population, resolution_factor=resolution_factor,
+                                 power_fraction=power_fraction, max_power_ratio=max_power_ratio)
+        good = verdict == "good"
         stats["good"] = good
+        stats["verdict"] = verdict
         kept = good[result.class_index]
         recovered = np.zeros_like(kept)
         if recover and good.any():
-            rec = recover_particles(data.images, result, good, settings, ctf=ctf, percentile=percentile)
+            rec = recover_particles(data.images, result, good, settings, ctf=ctf, percentile=percentile,
+                                    recover_from=recoverable_classes(verdict))
             kept, recovered = rec.kept, rec.recovered
 
         table = data.table.copy()
@@ -152,7 +165,8 @@ def register(app: typer.Typer) -> None:
                   "offset_range_px": offset_range, "box": b, "pixel_size_a": data.pixel_size_a,
                   "tau2_fudge": tau2_fudge, "hard": hard, "ctf": use_ctf, "recover": recover,
                   "min_population": min_population, "resolution_factor": resolution_factor,
-                  "power_fraction": power_fraction, "recover_percentile": percentile, "seed": seed,
+                  "power_fraction": power_fraction, "max_power_ratio": max_power_ratio,
+                  "recover_percentile": percentile, "seed": seed,
                   "query": query}
         prov = make_provenance("classify2d", params, [source])
         out.mkdir(parents=True, exist_ok=True)
