@@ -60,9 +60,11 @@ def bench_loader(n: int = 20000, box: int = 128) -> dict[str, Any]:
             m.set_data(images)
         sel = store.select()
         torch.set_num_threads(1)
-        for workers, prefetch, encoded in ((0, True, False), (0, False, False), (2, True, False), (2, True, True)):
+        for workers, prefetch, encoded, shuffle in ((0, True, False, True), (0, False, False, True),
+                                                    (0, False, False, False), (2, True, False, True),
+                                                    (2, True, True, True)):
             stream = StoreParticleStream(store, sel, columns=["defocus_u_a"], seed=0, batch_size=256,
-                                         prefetch=prefetch, encoded=encoded)
+                                         prefetch=prefetch, encoded=encoded, shuffle=shuffle)
             best = 0.0
             for _ in range(2):  # the first epoch also pays numba's and the page cache's warm-up
                 t0 = time.perf_counter()
@@ -71,17 +73,21 @@ def bench_loader(n: int = 20000, box: int = 128) -> dict[str, Any]:
                     batch = decode_batch(images, ann) if encoded else images  # float32 in the consumer
                     count += int(batch.shape[0])
                 best = max(best, count / (time.perf_counter() - t0))
-            key = f"ours_workers{workers}" + ("" if prefetch else "_no_prefetch") + ("_encoded" if encoded else "")
+            key = (f"ours_workers{workers}" + ("" if prefetch else "_no_prefetch") + ("_encoded" if encoded else "")
+                   + ("" if shuffle else "_unshuffled"))
             res[f"{key}_particles_per_s"] = best
         arr = store.images_array("E")
         ann = store.annotations("E")
         off, sc = ann["image_offset"].to_numpy(np.float32), ann["image_scale"].to_numpy(np.float32)
-        for key, fast in (("decode_limit", True), ("decode_limit_numpy", False)):
+        # The raw sequential loop, no shuffle, no batching: chunk reads (straight from the chunk
+        # files, or through the zarr API) then the decode (compiled single pass, or numpy).
+        for key, via_zarr, fast in (("decode_limit", False, True), ("decode_limit_zarr_api", True, True),
+                                    ("decode_limit_numpy", False, False)):
             best = 0.0
             for _ in range(2):
                 t0 = time.perf_counter()
-                for lo in range(0, n, 256):
-                    block = np.asarray(arr[lo:lo + 256])
+                for c, lo in enumerate(range(0, n, 256)):
+                    block = np.asarray(arr[lo:lo + 256]) if via_zarr else store.read_chunks([("E", c)])[0]
                     if fast:  # our compiled single-pass decode
                         _ = decode(block, off[lo:lo + 256], sc[lo:lo + 256])
                     else:  # plain numpy: cast, scale, offset
@@ -95,15 +101,17 @@ def bench_loader(n: int = 20000, box: int = 128) -> dict[str, Any]:
             with mrcfile.mmap(mrcs, mode="r") as m:
                 _ = np.array(m.data[i], dtype=np.float32)
         res["mrcfile_one_at_a_time_particles_per_s"] = m_n / (time.perf_counter() - t0)
-    best = max(res["ours_workers0_particles_per_s"], res["ours_workers2_particles_per_s"],
-               res["ours_workers2_encoded_particles_per_s"])
+    best = max(res["ours_workers0_particles_per_s"], res["ours_workers0_no_prefetch_particles_per_s"],
+               res["ours_workers2_particles_per_s"], res["ours_workers2_encoded_particles_per_s"])
     res["ratio"] = best / res["mrcfile_one_at_a_time_particles_per_s"]
     res["fraction_of_decode_limit"] = best / res["decode_limit_particles_per_s"]
     print(f"   loader {box}²: in-process {res['ours_workers0_particles_per_s']:.0f}/s "
-          f"(no prefetch {res['ours_workers0_no_prefetch_particles_per_s']:.0f}/s), 2 workers "
+          f"(no prefetch {res['ours_workers0_no_prefetch_particles_per_s']:.0f}/s, unshuffled "
+          f"{res['ours_workers0_no_prefetch_unshuffled_particles_per_s']:.0f}/s), 2 workers "
           f"{res['ours_workers2_particles_per_s']:.0f}/s (uint8 batches decoded in the consumer "
           f"{res['ours_workers2_encoded_particles_per_s']:.0f}/s), decode limit {res['decode_limit_particles_per_s']:.0f}/s "
-          f"(numpy decode {res['decode_limit_numpy_particles_per_s']:.0f}/s); "
+          f"(via the zarr API {res['decode_limit_zarr_api_particles_per_s']:.0f}/s, numpy decode "
+          f"{res['decode_limit_numpy_particles_per_s']:.0f}/s); "
           f"mrcfile one-at-a-time {res['mrcfile_one_at_a_time_particles_per_s']:.0f}/s: ratio {res['ratio']:.1f}x")
     return res
 

@@ -274,3 +274,58 @@ def test_read_stored_many_equals_one_at_a_time(tmp_path: Path, rng: np.random.Ge
         s.read_stored_many([("A", [0]), ("C", [0])])
     with pytest.raises(IndexError, match="out of range"):
         s.read_stored_many([("B", [12])])
+
+
+@pytest.mark.parametrize("encoding", ["uint8", "float16"])
+@pytest.mark.parametrize("codec", CODECS)
+def test_direct_chunk_reads_equal_zarr(tmp_path: Path, rng: np.random.Generator, encoding: str, codec: str) -> None:
+    s = ParticleStore.create(tmp_path / "s", encoding=encoding, codec=codec, chunk_particles=8)  # type: ignore[arg-type]
+    images = rng.standard_normal((29, 6, 5)).astype(np.float32) * 3
+    images[8:16] = 0.0  # a chunk of zeros: float16 stores it as the fill value, which Zarr does not write
+    s.add_experiment("E", images, pd.DataFrame({"k": np.arange(29)}))
+    files = s.chunk_files("E")
+    assert files is not None and files.codec == {"none": "none", "zstd-9": "zstd"}.get(codec, "blosc")
+    arr = s.images_array("E")
+    for c in range(4):  # the last chunk holds 5 rows
+        assert np.array_equal(files.read(c), arr[c * 8:(c + 1) * 8])
+        assert files.read(c).dtype == arr.dtype
+    if encoding == "float16":
+        assert not (tmp_path / "s" / "experiments" / "E" / "images.zarr" / "c" / "1" / "0" / "0").exists()
+    with pytest.raises(IndexError):
+        files.read(4)
+    idx = rng.permutation(29)[:20]
+    assert np.array_equal(s.read_stored("E", idx)[0], arr[:][idx])
+    # whole chunks (incl. the fill-value chunk and the short last one) decompress straight into the output
+    for lo, hi in ((0, 29), (8, 29), (8, 16), (16, 24), (3, 20)):
+        assert np.array_equal(s.read_stored("E", np.arange(lo, hi))[0], arr[lo:hi])
+    many = s.read_stored_many([("E", np.arange(24, 29)), ("E", np.arange(0, 8)), ("E", [28, 1])])[0]
+    assert np.array_equal(many, np.concatenate([arr[24:29], arr[0:8], arr[[28, 1]]]))
+
+
+def test_foreign_zarr_layout_is_read_through_zarr(tmp_path: Path, rng: np.random.Generator) -> None:
+    import zarr
+
+    s = ParticleStore.create(tmp_path / "s", chunk_particles=4)
+    images = rng.standard_normal((10, 6, 6)).astype(np.float32)
+    s.add_experiment("E", images, pd.DataFrame({"k": np.arange(10)}))
+    stored = np.asarray(s.images_array("E")[:])
+    # rewrite the array with chunks split along y too: not our layout
+    target = tmp_path / "s" / "experiments" / "E" / "images.zarr"
+    import shutil
+
+    shutil.rmtree(target)
+    a = zarr.create_array(store=str(target), shape=stored.shape, chunks=(4, 3, 6), dtype=np.uint8, zarr_format=3)
+    a[:] = stored
+    fresh = ParticleStore.open(tmp_path / "s")
+    assert fresh.chunk_files("E") is None
+    assert np.array_equal(fresh.read_stored("E", [9, 0, 5])[0], stored[[9, 0, 5]])
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_corrupt_chunk_is_named(tmp_path: Path, rng: np.random.Generator, codec: str) -> None:
+    s = ParticleStore.create(tmp_path / "s", codec=codec, chunk_particles=4)
+    s.add_experiment("E", rng.standard_normal((8, 6, 6)).astype(np.float32), pd.DataFrame({"k": np.arange(8)}))
+    chunk = tmp_path / "s" / "experiments" / "E" / "images.zarr" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(InputError, match=r"c/1/0/0"):
+        s.read_stored("E", [5])

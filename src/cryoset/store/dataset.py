@@ -190,6 +190,102 @@ def _read_ranges(reads: Sequence[tuple[Any, int, int]]) -> list[NDArray[Any]]:
     return [np.asarray(b) for b in sync(gather())]
 
 
+@dataclass(frozen=True)
+class ChunkFiles:
+    """Whole-chunk reads of an experiment's ``images.zarr`` straight from its chunk files.
+
+    Zarr's Python machinery costs about four times the file read and decompression of a
+    chunk (docs/benchmarks.md, store section), which bounds a loader at 128² and above. This
+    reader handles exactly the layout this store writes — Zarr v3, a regular grid chunked
+    along ``n`` only, the default ``c/<i>/0/0`` chunk keys, the ``bytes`` codec (little-endian)
+    followed by nothing, Blosc or Zstd, no storage transformers — and :meth:`probe` returns
+    None for anything else, so Zarr reads it. A chunk file that is absent holds only the fill
+    value (Zarr does not write such chunks), as in Zarr.
+    """
+
+    directory: Path
+    shape: tuple[int, int, int]
+    chunk_rows: int
+    dtype: np.dtype[Any]
+    fill_value: float
+    codec: str  # "none", "blosc" or "zstd"
+
+    @classmethod
+    def probe(cls, directory: Path) -> ChunkFiles | None:
+        """The reader for the array at ``directory``, or None when its layout is not ours."""
+        try:
+            meta = json.loads((directory / "zarr.json").read_text())
+            shape = tuple(int(v) for v in meta["shape"])
+            chunks = tuple(int(v) for v in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            dtype = np.dtype({"uint8": "u1", "float16": "<f2"}[meta["data_type"]])
+            codecs = meta["codecs"]
+            fill = float(meta["fill_value"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        ok = (meta.get("zarr_format") == 3 and meta.get("node_type") == "array" and len(shape) == 3
+              and meta["chunk_grid"].get("name") == "regular" and len(chunks) == 3
+              and chunks[1:] == shape[1:] and chunks[0] > 0 and not meta.get("storage_transformers")
+              and meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
+              and isinstance(codecs, list) and 1 <= len(codecs) <= 2 and codecs[0].get("name") == "bytes"
+              and codecs[0].get("configuration", {"endian": "little"}).get("endian", "little") == "little")
+        names = [c.get("name") for c in codecs[1:]] if ok else []
+        if not ok or names not in ([], ["blosc"], ["zstd"]):
+            return None
+        return cls(directory, (shape[0], shape[1], shape[2]), chunks[0], dtype, fill, names[0] if names else "none")
+
+    def rows_in(self, chunk: int) -> int:
+        """How many rows chunk ``chunk`` holds (the last one may be short)."""
+        rows = min(self.chunk_rows, self.shape[0] - chunk * self.chunk_rows)
+        if chunk < 0 or rows <= 0:
+            raise IndexError(f"chunk {chunk} out of range for {self.directory}")
+        return rows
+
+    def read(self, chunk: int, out: NDArray[Any] | None = None) -> NDArray[Any]:
+        """Rows ``[chunk · c, min((chunk + 1) · c, n))`` as an array ``(rows, y, x)``.
+
+        ``out`` (C-contiguous, ``(rows, y, x)``, the stored dtype) receives a whole chunk
+        without an intermediate copy (the short last chunk goes through a temporary).
+        """
+        rows = self.rows_in(chunk)
+        path = self.directory / "c" / str(chunk) / "0" / "0"
+        full = (self.chunk_rows, self.shape[1], self.shape[2])
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            if out is not None:
+                out[...] = self.fill_value
+                return out
+            return np.full((rows, *full[1:]), self.fill_value, dtype=self.dtype)
+        expected = int(np.prod(full)) * self.dtype.itemsize
+        if self.codec == "none":
+            if len(raw) != expected:
+                raise InputError(path, f"chunk holds {len(raw)} bytes, expected {expected}")
+            block = np.frombuffer(raw, dtype=self.dtype).reshape(full)[:rows]
+            if out is not None:
+                out[...] = block
+                return out
+            return block
+        import numcodecs
+
+        codec = numcodecs.Blosc() if self.codec == "blosc" else numcodecs.Zstd()
+        direct = out is not None and rows == self.chunk_rows and out.flags.c_contiguous
+        dest = out if direct and out is not None else np.empty(full, dtype=self.dtype)
+        try:  # decompress straight into the array; the codecs check the decoded size
+            if self.codec == "blosc":
+                # Blosc trusts its 16-byte header (uint32 LE: decoded size at bytes 4–7,
+                # frame size at 12–15): check the frame is whole before decompressing
+                nbytes, cbytes = (int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[12:16], "little"))
+                if len(raw) < 16 or cbytes != len(raw) or nbytes != expected:
+                    raise ValueError(f"frame of {len(raw)} bytes says {cbytes} compressed, {nbytes} decoded")
+            codec.decode(raw, out=dest)
+        except Exception as exc:  # any codec failure (their exception types vary) is a corrupt chunk
+            raise InputError(path, f"chunk does not decode with {self.codec} ({exc})") from None
+        if out is not None and not direct:
+            out[...] = dest[:rows]
+            return out
+        return dest[:rows]
+
+
 @dataclass
 class ParticleStore:
     """A particle store on disk. Use :meth:`create` or :meth:`open`."""
@@ -199,6 +295,7 @@ class ParticleStore:
     chunk_particles: int = 256
     codec: str = DEFAULT_CODEC
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
+    _chunk_files: dict[str, ChunkFiles | None] = field(default_factory=dict, repr=False)
     _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     _scalings: dict[str, tuple[NDArray[np.float32], NDArray[np.float32]]] = field(default_factory=dict, repr=False)
 
@@ -343,6 +440,7 @@ class ParticleStore:
             (tmp / "provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         self._tables.pop(experiment_id, None)
         self._scalings.pop(experiment_id, None)
+        self._chunk_files.pop(experiment_id, None)
         return n
 
     # ------------------------------------------------------------------- reading
@@ -394,14 +492,39 @@ class ParticleStore:
         """
         return self.read_stored_many([(experiment_id, indices)], out)
 
+    def chunk_files(self, experiment_id: str) -> ChunkFiles | None:
+        """The direct chunk reader of an experiment's images (None: read through Zarr)."""
+        if experiment_id not in self._chunk_files:
+            self._chunk_files[experiment_id] = ChunkFiles.probe(self._exp_dir(experiment_id) / "images.zarr")
+        return self._chunk_files[experiment_id]
+
+    def read_chunks(self, keys: Sequence[tuple[str, int]]) -> list[NDArray[Any]]:
+        """Whole chunks ``(experiment_id, chunk)``: ``(rows, y, x)`` stored values each.
+
+        Read straight from the chunk files when the layout is ours (:class:`ChunkFiles`),
+        else through Zarr, all such chunks concurrently.
+        """
+        out: list[NDArray[Any] | None] = [None] * len(keys)
+        via_zarr: list[tuple[int, tuple[Any, int, int]]] = []
+        cp = self.chunk_particles
+        for k, (exp, c) in enumerate(keys):
+            files = self.chunk_files(exp)
+            if files is not None and files.chunk_rows == cp:
+                out[k] = files.read(c)
+            else:
+                arr = self.images_array(exp)
+                via_zarr.append((k, (arr, c * cp, min((c + 1) * cp, arr.shape[0]))))
+        for (k, _), block in zip(via_zarr, _read_ranges([r for _, r in via_zarr]) if via_zarr else [], strict=True):
+            out[k] = block
+        return [b for b in out if b is not None]
+
     def read_stored_many(self, requests: Sequence[tuple[str, NDArray[Any] | list[int]]],
                          out: NDArray[Any] | None = None
                          ) -> tuple[NDArray[Any], NDArray[np.float32], NDArray[np.float32]]:
         """:meth:`read_stored` of several ``(experiment_id, indices)`` requests, concatenated.
 
-        Every Zarr chunk touched is read once, and all of them concurrently (one round trip
-        through Zarr's event loop, so reading and decompressing overlap). The experiments must
-        share one image shape.
+        Every chunk touched is read once (:meth:`read_chunks`). The experiments must share
+        one image shape and dtype.
         """
         plans = []
         for experiment_id, indices in requests:
@@ -414,8 +537,7 @@ class ParticleStore:
         if not plans:
             raise ValueError("requests: need at least one (experiment_id, indices) pair")
         first = plans[0][2]
-        total = sum(p[1].size for p in plans)
-        shape = (total, *first.shape[1:])
+        shape = (sum(p[1].size for p in plans), *first.shape[1:])
         if any(p[2].shape[1:] != first.shape[1:] or p[2].dtype != first.dtype for p in plans):
             raise ValueError("requests: experiments with different image shapes or dtypes")
         if out is None:
@@ -423,31 +545,42 @@ class ParticleStore:
         elif out.shape != shape or out.dtype != first.dtype:
             raise ValueError(f"out: need shape {shape} and dtype {first.dtype}")
         cp = self.chunk_particles
-        reads: list[tuple[Any, int, int]] = []  # (array, lo, hi) to read
-        placements: list[tuple[int, NDArray[np.int64] | None, NDArray[np.int64] | None, int, int]] = []
+        keys: dict[tuple[str, int], int] = {}
+        direct: list[bool] = []
         pos = 0
-        for _exp, idx, arr in plans:
-            if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
-                # a contiguous run (whole chunks, typically): one slice read, no gather
-                reads.append((arr, int(idx[0]), int(idx[-1]) + 1))
-                placements.append((len(reads) - 1, None, None, pos, pos + idx.size))
-            elif idx.size:
-                order = np.argsort(idx, kind="stable")
-                sorted_idx = idx[order]
-                chunk_of = sorted_idx // cp
-                starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]).tolist()
-                for a, b in itertools.pairwise([*starts, idx.size]):
-                    c = int(chunk_of[a])
-                    lo = c * cp
-                    reads.append((arr, lo, min(lo + cp, arr.shape[0])))
-                    placements.append((len(reads) - 1, pos + order[a:b], sorted_idx[a:b] - lo, 0, 0))
-            pos += idx.size
-        blocks = _read_ranges(reads)
-        for r, dest, src, lo, hi in placements:
-            if dest is None or src is None:
-                out[lo:hi] = blocks[r]
+        for exp, idx, arr in plans:
+            files = self.chunk_files(exp)
+            contiguous = bool(idx.size) and idx[-1] - idx[0] == idx.size - 1 and bool(np.all(np.diff(idx) == 1))
+            whole = (files is not None and files.chunk_rows == cp and contiguous and idx[0] % cp == 0
+                     and ((idx[-1] + 1) % cp == 0 or idx[-1] + 1 == arr.shape[0]))
+            direct.append(whole)
+            if whole and files is not None:  # whole chunks: decompress straight into ``out``
+                for c in range(int(idx[0]) // cp, int(idx[-1]) // cp + 1):
+                    lo = pos + c * cp - int(idx[0])
+                    files.read(c, out=out[lo:lo + files.rows_in(c)])
             else:
-                out[dest] = blocks[r][src]
+                for c in np.unique(idx // cp).tolist():
+                    keys.setdefault((exp, int(c)), len(keys))
+            pos += idx.size
+        blocks = self.read_chunks(list(keys))
+        pos = 0
+        for (exp, idx, _arr), done in zip(plans, direct, strict=True):
+            chunk_of = idx // cp
+            if done:
+                pass
+            elif idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+                # a contiguous run (whole chunks, typically): slice copies, no gather
+                for c in range(int(chunk_of[0]), int(chunk_of[-1]) + 1):
+                    lo, hi = max(int(idx[0]), c * cp), min(int(idx[-1]) + 1, (c + 1) * cp)
+                    out[pos + lo - int(idx[0]):pos + hi - int(idx[0])] = blocks[keys[(exp, c)]][lo - c * cp:hi - c * cp]
+            elif idx.size:
+                order = np.argsort(chunk_of, kind="stable")
+                starts = np.flatnonzero(np.r_[True, chunk_of[order][1:] != chunk_of[order][:-1]]).tolist()
+                for a, b in itertools.pairwise([*starts, idx.size]):
+                    members = order[a:b]
+                    c = int(chunk_of[members[0]])
+                    out[pos + members] = blocks[keys[(exp, c)]][idx[members] - c * cp]
+            pos += idx.size
         offs, scales = [], []
         for exp, idx, _arr in plans:
             off, sc = self._scaling(exp)
