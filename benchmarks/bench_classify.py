@@ -3,7 +3,9 @@
 The same simulated particles (:mod:`cryoset.simulate.particles`: procedural 150-residue
 protein, ``N`` images of 48² at 2 Å/px, SNR 0.1, 30 % junk — noise, ice blobs, overlapping
 pairs) go through both, with matching settings: K = 8, 5 iterations, ψ step 10°, offsets
-within 5 px, τ² fudge 2, particle diameter 60 Å, CTF on. RELION:
+within 5 px of each image's previous offset (both programs recentre the window every
+iteration; ours caps the total shift at box/4 = 12 px), τ² fudge 2, particle diameter 60 Å,
+CTF on. RELION:
 ``relion_refine --i particles.star --o out/run --K 8 --iter 5 --tau2_fudge 2
 --particle_diameter 60 --psi_step 10 --offset_range 5 --offset_step 2 --zero_mask --ctf
 --j 2 --dont_combine_weights_via_disc --pool 30``.
@@ -18,8 +20,11 @@ junk class) is reported alongside as ``legacy_rule``, and every class is listed 
 verdict and its content by the simulation's junk truth.
 
 Usage: ``python benchmarks/bench_classify.py [N]`` (one scene, ours and RELION; prints JSON);
-``python benchmarks/bench_classify.py sweep [--relion]``: ours (and optionally RELION) on the
-tuning and held-out scenes of the rule (:data:`TUNING_SCENES`, :data:`HELD_OUT_SCENES`).
+``python benchmarks/bench_classify.py sweep [--relion] [--fixed-window] [--offset-range R]``:
+ours (and optionally RELION) on the tuning and held-out scenes of the rule
+(:data:`TUNING_SCENES`, :data:`HELD_OUT_SCENES`), plus the benchmark scene; ``--fixed-window``
+searches ``|t| ≤ R`` around the box centre in every iteration (the previous default, σ_t = 3 px
+for R = 5, R / 1.5 otherwise) instead of recentring.
 """
 
 from __future__ import annotations
@@ -59,11 +64,12 @@ def _scene(n: int, protein_seed: int, sim_seed: int) -> tuple[Any, Any, Any]:
     return sim, ctf, t["kind"].to_numpy()
 
 
-def _settings() -> Any:
+def _settings(**overrides: Any) -> Any:
     from cryoset.classify.em2d import ClassifySettings
 
-    return ClassifySettings(n_classes=8, n_iter=5, psi_step_deg=10, offset_range_px=5,
-                            particle_diameter_px=30, tau2_fudge=2.0, seed=0)
+    base = {"n_classes": 8, "n_iter": 5, "psi_step_deg": 10, "offset_range_px": 5, "offset_recentre": True,
+            "particle_diameter_px": 30, "tau2_fudge": 2.0, "seed": 0}
+    return ClassifySettings(**{**base, **overrides})
 
 
 def legacy_select(stats: Any) -> Any:
@@ -187,20 +193,31 @@ def main(n: int = 400) -> dict[str, Any]:
     return result
 
 
-def sweep(scenes: tuple[tuple[int, int], ...] = TUNING_SCENES + HELD_OUT_SCENES, n: int = 400,
-          relion: bool = False) -> dict[str, Any]:
-    """First-pass / recovered purity and recall, new and legacy rule, on several scenes."""
+def sweep(scenes: tuple[tuple[int, int], ...] = ((1, 0), *TUNING_SCENES, *HELD_OUT_SCENES), n: int = 400,
+          relion: bool = False, **overrides: Any) -> dict[str, Any]:
+    """First-pass / recovered purity and recall, new and legacy rule, on several scenes.
+
+    Also per scene: seconds of the classification, ice images kept, population-weighted
+    good-class and best class resolution. ``overrides`` replace fields of the settings.
+    """
     from cryoset.classify.em2d import classify_2d
 
     rows = []
-    settings = _settings()
+    settings = _settings(**overrides)
     for protein_seed, sim_seed in scenes:
         sim, ctf, kinds = _scene(n, protein_seed, sim_seed)
+        t0 = time.perf_counter()
         ours = classify_2d(sim.images, settings, ctf=ctf)
+        seconds = time.perf_counter() - t0
         q = _quality(sim.images, ctf, ours, settings, kinds)
+        kept = (q["_verdict"] == "good")[ours.class_index]
+        name = ("tuning" if (protein_seed, sim_seed) in TUNING_SCENES
+                else "held-out" if (protein_seed, sim_seed) in HELD_OUT_SCENES else "benchmark")
         row: dict[str, Any] = {
-            "scene": [protein_seed, sim_seed],
-            "set": "tuning" if (protein_seed, sim_seed) in TUNING_SCENES else "held-out",
+            "scene": [protein_seed, sim_seed], "set": name, "seconds": round(seconds, 1),
+            "ice_kept": int((kinds[kept] == "ice").sum()),
+            "good_class_resolution_a": round(q["weighted_good_class_resolution_a"], 2),
+            "best_class_resolution_a": round(q["best_class_resolution_a"], 2),
             "first_pass": q["first_pass"], "legacy_first_pass": q["legacy_rule_first_pass"]}
         rec = _with_recovery(sim.images, ctf, ours, settings, kinds, q)
         row["recovered"] = {"purity": rec["purity"], "recall": rec["recall"]}
@@ -213,17 +230,30 @@ def sweep(scenes: tuple[tuple[int, int], ...] = TUNING_SCENES + HELD_OUT_SCENES,
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     summary: dict[str, Any] = {}
-    for name in ("tuning", "held-out"):
+    for name in ("tuning", "held-out", "benchmark"):
         sel = [r for r in rows if r["set"] == name]
         if sel:
-            summary[name] = {key: {m: round(float(np.mean([r[key][m] for r in sel])), 4) for m in ("purity", "recall")}
+            summary[name] = {key: ({m: round(float(np.mean([r[key][m] for r in sel])), 4) for m in ("purity", "recall")}
+                                   if isinstance(sel[0][key], dict) else round(float(np.mean([r[key] for r in sel])), 2))
                              for key in sel[0] if key not in ("scene", "set")}
-    return {"scenes": rows, "mean": summary}
+    return {"settings": {k: v for k, v in settings.__dict__.items()}, "scenes": rows, "mean": summary}
+
+
+def _sweep_overrides(argv: list[str]) -> dict[str, Any]:
+    """``--fixed-window`` and ``--offset-range R`` of the sweep command line."""
+    over: dict[str, Any] = {}
+    if "--offset-range" in argv:
+        r = int(argv[argv.index("--offset-range") + 1])
+        over["offset_range_px"] = r
+        over["offset_sigma_px"] = 3.0 if r == 5 else r / 1.5
+    if "--fixed-window" in argv:
+        over["offset_recentre"] = False
+    return over
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["sweep"]:
-        print(json.dumps(sweep(relion="--relion" in sys.argv), indent=2))
+        print(json.dumps(sweep(relion="--relion" in sys.argv, **_sweep_overrides(sys.argv)), indent=2))
     else:
         args = [int(a) for a in sys.argv[1:2]]
         print(json.dumps(main(*args), indent=2))

@@ -158,7 +158,8 @@ def test_junk_classes_found_and_good_particles_recovered() -> None:
     """Simulated mixture (cryoset.simulate.particles): 140 particles + 20 noise + 20 ice + 20
     overlapping pairs at SNR 0.1, K = 5. Measured (seed 0): the pure-noise class is found and
     is the only junk class; first-pass kept-set purity 0.778 (0.70 if everything were kept),
-    recall 1.0. (The previous rule, resolution ≤ 1.5 × the best class, kept 0.786 / 0.814:
+    recall 1.0 — the same with the recentred translation windows (the default) as with the
+    previous fixed ±5 px window. (The previous rule, resolution ≤ 1.5 × the best class, kept 0.786 / 0.814:
     it rejected a 35-particle class of 74 % particles at 14.0 Å, 2.0 × the 7.0 Å best class,
     itself a mix of 15 particles and 12 ice blobs.) No ice-only class forms in this small scene, so
     the ice blobs and pairs stay in particle classes; the floors below are first-pass recall
@@ -195,3 +196,33 @@ def test_junk_classes_found_and_good_particles_recovered() -> None:
     assert stats["mean_power"].idxmin() == noise_class
     # the default recovery (from every junk class) still never takes noise images back
     assert not recover_particles(sim.images, res, good, settings, ctf=ctf).kept[kind == "noise"].any()
+
+
+def test_recentred_search_follows_particles_beyond_the_first_window(rng: np.random.Generator) -> None:
+    """The default search (±5 px window recentred on each image's previous MAP offset, total offset
+    capped at a quarter box, RELION's behaviour) aligns images shifted by 8–9 px; the old fixed
+    ±5 px window around the box centre cannot reach them."""
+    b, n = 48, 24
+    ref = _letter(b)
+    shifts = rng.integers(-2, 3, (n, 2)).astype(np.float64)
+    far = np.array([[9.0, 0.0], [0.0, -9.0], [-6.0, 6.0], [8.0, -3.0], [-3.0, -8.0], [6.0, 6.0]])
+    shifts[:far.shape[0]] = far  # |s| 8.5–9 px
+    images = _shift(np.repeat(ref[None], n, axis=0), shifts) + 0.3 * rng.standard_normal((n, b, b)).astype(np.float32)
+    # one angle (ψ = 0): the classification frame differs from the truth by one common shift
+    base = ClassifySettings(n_classes=1, n_iter=4, psi_step_deg=360.0, offset_range_px=5, particle_diameter_px=40)
+    assert base.offset_recentre and base.max_offset_px is None  # the default
+    errors = {}
+    for recentre in (True, False):
+        res = classify_2d(images, ClassifySettings(**{**base.__dict__, "offset_recentre": recentre}))
+        d = res.shift_px - shifts
+        errors[recentre] = np.abs(d - np.median(d, axis=0)).max(axis=1)
+        assert np.all(np.hypot(*res.shift_px.T) <= b / 4 + 1e-9)  # the cap
+    assert np.all(errors[True] <= 1.0)  # every image, the 8–9 px ones included
+    # the fixed window cannot reach most of them (measured: 5 of 6 off by 4–6 px, for 3 seeds)
+    assert (errors[False][:far.shape[0]] >= 2.0).sum() >= 4
+    # align_to_references: a window centred on a given offset reaches beyond the range around 0
+    settings = ClassifySettings(n_classes=1, psi_step_deg=360.0, offset_range_px=3, particle_diameter_px=40)
+    clean = _shift(ref[None], far[:1])
+    centred = align_to_references(clean, ref[None], settings, offset_centre_px=np.array([[7.4, 0.2]]))
+    np.testing.assert_array_equal(centred.shift_px, far[:1])
+    assert align_to_references(clean, ref[None], settings).shift_px[0, 0] <= 3.0

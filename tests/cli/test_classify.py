@@ -44,7 +44,8 @@ def test_classify2d_writes_relion_star_averages_gallery_and_stats(run_cli, sim_d
     assert set(table["class_number"]) <= {1, 2, 3}
     assert (out / table["image_path"].iloc[0]).resolve() == (sim_dir / "particles.mrcs").resolve()
     assert (table["max_prob"] <= 1.0).all() and (table["rlnCryosetPoseEss"] >= 1.0 - 1e-6).all()
-    assert table["shift_x_a"].abs().max() <= 5 * 2.5 + 1e-6
+    # windows recentred on each image's previous offset: the total shift is capped at box/4 (8 px)
+    assert np.hypot(table["shift_x_a"], table["shift_y_a"]).max() <= 32 / 4 * 2.5 + 1e-6
     averages = read_stack(out / "class_averages.mrcs")
     assert averages.shape == (3, 32, 32) and averages.pixel_size_a == pytest.approx(2.5, rel=1e-4)
     assert (out / "class_averages.png").read_bytes()[:4] == b"\x89PNG"
@@ -87,6 +88,8 @@ def test_bad_arguments_exit_2(run_cli, sim_dir: Path, tmp_path: Path) -> None:  
     code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x",
                            "--power-fraction", "0.5", "--max-power-ratio", "0.4")
     assert code == 2 and "--max-power-ratio" in err
+    code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x", "--max-offset", "-1")
+    assert code == 2 and "--max-offset" in err
 
 
 @pytest.mark.shared_data
@@ -105,3 +108,15 @@ def test_real_particles_classify(run_cli, tmp_path: Path, star: str, extra: list
     assert summary["pixel_size_a"] == pytest.approx(original * b0 / 64)
     table = read_particles(out / "particles.star").table
     assert np.isfinite(table["psi_deg"]).all() and len(table) == n
+
+
+def test_fixed_offset_window_option(run_cli, sim_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--fixed-offset-window`` restores the search |t| ≤ --offset-range around the box centre."""
+    out = tmp_path / "fixed"
+    code, _, stderr = run_cli("classify2d", sim_dir / "particles.star", "--out", out, "-K", "2", "--iter", "2",
+                              "--psi-step", "30", "--diameter", "60", "--offset-range", "2",
+                              "--fixed-offset-window", "--no-recover")
+    assert code == 0, stderr
+    table = read_particles(out / "particles.star").table
+    assert np.hypot(table["shift_x_a"], table["shift_y_a"]).max() <= 2 * 2.5 + 1e-6
+    assert '"offset_recentre": false' in (out / "provenance.json").read_text()

@@ -12,8 +12,14 @@ E-step (rotate-then-FFT-translate): every reference is rotated to ``n_psi`` angl
 (bilinear), and for every image the cross-correlation over all translations is one FFT:
 ``cc(t) = irfft2(conj(C_i X̂_i) · R̂_kψ)(t) = Σ_p X_i(p) (C_i ∗ R_kψ)(p + t)``. With
 ``‖C_i R_kψ‖²`` from Parseval, the log-likelihood of pose ``(k, ψ, t)`` is
-``(cc − ½‖C_i R_kψ‖²)/σ² − |t|²/(2 σ_t²) + log π_k`` for ``|t| ≤`` the offset range, and
-the posterior is its softmax (or its arg-max, one-hot, with ``hard=True``).
+``(cc − ½‖C_i R_kψ‖²)/σ² − |t|²/(2 σ_t²) + log π_k`` for the searched offsets ``t``, and
+the posterior is its softmax (or its arg-max, one-hot, with ``hard=True``). The searched
+offsets are the integer ``t`` with ``|t − c_i| ≤`` the offset range and ``|t| ≤`` the
+offset cap, where the window centre ``c_i`` is 0 in the first iteration and, with
+``offset_recentre`` (RELION's behaviour), image ``i``'s MAP offset of the previous iteration;
+the prior stays centred at 0. ``cc`` at ``t = c_i + u`` is the partial inverse DFT at the
+shared relative grid ``u`` of ``conj(C_i X̂_i) R̂_kψ`` multiplied by the phase
+``exp(2πi k·c_i / b)`` of image ``i`` (so the two GEMMs stay shared by all images).
 
 M-step (Wiener class averages): ``N_k = Σ_ψ rot_{−ψ} irfft2(Σ_i ŵ_ikψ · C_i X̂_i)``, where
 ``ŵ_ikψ`` is the transform of the posterior over translations (a convolution undoes every
@@ -62,8 +68,18 @@ class ClassifySettings:
     psi_step_deg
         In-plane angular step (``360 / psi_step_deg`` angles).
     offset_range_px, offset_sigma_px
-        Translations searched: integer pixels with ``|t| ≤ offset_range_px``; Gaussian prior
-        of standard deviation ``offset_sigma_px`` on them.
+        Translations searched: integer pixels with ``|t − c_i| ≤ offset_range_px`` around the
+        image's window centre ``c_i``; Gaussian prior centred at 0 with standard deviation
+        ``offset_sigma_px`` on them.
+    offset_recentre
+        Centre each image's search window on its MAP offset of the previous iteration
+        (RELION); False: ``c_i = 0`` always (a fixed window around the box centre).
+    max_offset_px
+        Cap on the total offset of recentred windows, ``|t| ≤ max_offset_px`` (default: a
+        quarter of the box; a fixed window is never cut).
+    learn_offset_sigma
+        Re-estimate the prior's standard deviation every iteration as RELION does,
+        ``σ_t² = Σ_i Σ_t P_i(t) |t|² / (2 n)`` (``offset_sigma_px`` is the initial value).
     particle_diameter_px
         Diameter of the soft circular mask of images and averages (default 0.8 b).
     tau2_fudge
@@ -82,6 +98,9 @@ class ClassifySettings:
     psi_step_deg: float = 10.0
     offset_range_px: int = 5
     offset_sigma_px: float = 3.0
+    offset_recentre: bool = True
+    max_offset_px: float | None = None
+    learn_offset_sigma: bool = False
     particle_diameter_px: float | None = None
     tau2_fudge: float = 2.0
     hard: bool = False
@@ -110,7 +129,8 @@ class Classification2D:
     sigma2
         Final per-pixel noise variance.
     history : list of dict
-        Per iteration: ``sigma2``, ``changed`` (fraction of particles whose class changed).
+        Per iteration: ``sigma2``, ``changed`` (fraction of particles whose class changed),
+        ``offset_sigma_px`` (the prior width used in the next iteration).
     """
 
     averages: NDArray[np.float32]
@@ -251,9 +271,8 @@ class _Problem:
     mask: NDArray[np.float32]
     mask_area: float
     psi_deg: NDArray[np.float64]
-    offsets: NDArray[np.int64]
-    offset_flat: NDArray[np.int64]
-    log_prior_t: NDArray[np.float64]
+    offsets: NDArray[np.int64]  # (T, 2) as (x, y): the window relative to its centre
+    max_offset_px: float
     shells: NDArray[np.int64]
     nshell: int
     band_y: NDArray[np.int64]  # rfft2 rows used by the E-step, (Y,)
@@ -277,8 +296,9 @@ def _prepare(images: NDArray[np.float32], ctf: NDArray[np.float32] | None,
     nshell = b // 2 + 1
     ctf2 = (c * c).astype(np.float32)
     offsets = _offsets(settings.offset_range_px)
-    flat = (offsets[:, 1] % b) * b + (offsets[:, 0] % b)
-    prior = -(offsets ** 2).sum(axis=1) / (2.0 * settings.offset_sigma_px ** 2)
+    cap = b / 4.0 if settings.max_offset_px is None else float(settings.max_offset_px)
+    if not settings.offset_recentre:  # the fixed window is never cut by the cap
+        cap = max(cap, float(settings.offset_range_px))
     psi = np.arange(0.0, 360.0, settings.psi_step_deg)
     x2 = (x.astype(np.float64) ** 2).sum(axis=(1, 2))
     r_max = max(2, min(b // 2 - 1, round(settings.align_band * (b // 2))))
@@ -293,22 +313,50 @@ def _prepare(images: NDArray[np.float32], ctf: NDArray[np.float32] | None,
     dft_y = np.exp(2j * np.pi * np.outer(t1, ky_all[band_y]) / b).astype(np.complex64)
     square = (offsets[:, 1] + r_off) * t1.size + (offsets[:, 0] + r_off)
     return _Problem(spec, x2, ctf2, _radial_mean(ctf2.astype(np.float64), shells, nshell), mask,
-                    float(mask.sum()), psi, offsets, flat, prior, shells, nshell, band_y, band_x,
+                    float(mask.sum()), psi, offsets, min(cap, b / 2.0 - 1.0), shells, nshell, band_y, band_x,
                     band_mask, dft_x, dft_y, square)
 
 
-def _e_chunk(prob: _Problem, rows: NDArray[np.int64], ref_spec: NDArray[np.complex64],
+def _window(prob: _Problem, centre: NDArray[np.int64], sigma_px: float
+            ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Absolute offsets of the images' search windows and their log prior.
+
+    Parameters
+    ----------
+    centre : array of int, shape (c, 2)
+        Window centres ``(x, y)``.
+
+    Returns
+    -------
+    offsets : ndarray of int, shape (c, T, 2)
+    log_prior : ndarray, shape (c, T)
+        ``−|t|²/(2σ²)``, ``−inf`` beyond the offset cap.
+    """
+    off = centre[:, None, :] + prob.offsets[None]
+    r2 = (off.astype(np.float64) ** 2).sum(axis=2)
+    prior = np.where(r2 <= prob.max_offset_px ** 2 + 1e-9, -r2 / (2.0 * sigma_px ** 2), -np.inf)
+    return off, prior
+
+
+def _e_chunk(prob: _Problem, rows: NDArray[np.int64], centre: NDArray[np.int64],
+             log_prior: NDArray[np.float64], ref_spec: NDArray[np.complex64],
              ref_pow: NDArray[np.float64], log_pi: NDArray[np.float64], sigma2: float
              ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Log-likelihood gain ``(cc − ½‖CR‖²)/σ²`` and log-posterior (unnormalised) for a chunk.
 
-    Returns arrays of shape (c, K, n_psi, T).
+    ``centre`` (c, 2) are the images' window centres ``(x, y)`` and ``log_prior`` (c, T) the
+    prior of their window offsets. Returns arrays of shape (c, K, n_psi, T).
     """
     b = prob.mask.shape[0]
     k, m = ref_spec.shape[:2]
     c = rows.size
     iy, ix = np.ix_(prob.band_y, prob.band_x)
     g = np.conj(prob.spec[rows][:, iy, ix]) * prob.band_mask  # (c, Y, X)
+    if np.any(centre):  # move each image's window to its centre: cc(c + u) = DFT_u(g e^{2πi k·c/b} r)
+        ky = np.rint(np.fft.fftfreq(b) * b)[prob.band_y]
+        phase = np.exp((2j * np.pi / b) * (centre[:, 0, None, None] * prob.band_x[None, None, :]
+                                           + centre[:, 1, None, None] * ky[None, :, None]))
+        g = (g * phase).astype(np.complex64)
     r = ref_spec[:, :, iy, ix]  # (K, m, Y, X)
     # separable partial inverse DFT at the searched offsets only (band-limited E-step)
     ny, nx = prob.band_mask.shape
@@ -321,7 +369,7 @@ def _e_chunk(prob: _Problem, rows: NDArray[np.int64], ref_spec: NDArray[np.compl
     c2w = (prob.ctf2[rows][:, iy, ix] * wts).reshape(c, -1)
     norm2 = (c2w @ ref_pow[:, :, iy, ix].reshape(k * m, -1).T).reshape(c, k, m) / (b * b)
     gain = (cc - 0.5 * norm2[..., None]) / sigma2
-    logp = gain + prob.log_prior_t + log_pi[None, :, None, None]
+    logp = gain + log_prior[:, None, None, :] + log_pi[None, :, None, None]
     return gain, logp
 
 
@@ -338,9 +386,16 @@ def _posterior(logp: NDArray[np.float64], hard: bool) -> NDArray[np.float64]:
 
 
 def _iteration(prob: _Problem, refs: NDArray[np.float32], log_pi: NDArray[np.float64], sigma2: float,
-               settings: ClassifySettings, *, subset: NDArray[np.int64] | None = None
+               settings: ClassifySettings, centre: NDArray[np.int64], *,
+               subset: NDArray[np.int64] | None = None, offset_sigma_px: float | None = None
                ) -> dict[str, NDArray[np.float64] | NDArray[np.complex128] | float]:
-    """One E-step plus the sums of the M-step, over ``subset`` rows (default all)."""
+    """One E-step plus the sums of the M-step, over ``subset`` rows (default all).
+
+    ``centre`` (n, 2) holds every image's search-window centre ``(x, y)``; the result's
+    ``shift`` (n, 2) the MAP offsets and ``offset_ms`` the posterior mean of ``|t|²`` over
+    the images. ``offset_sigma_px`` overrides the settings' prior width.
+    """
+    sigma_t = settings.offset_sigma_px if offset_sigma_px is None else offset_sigma_px
     n_all, b = prob.spec.shape[0], prob.mask.shape[0]
     rows_all = np.arange(n_all) if subset is None else subset
     k = refs.shape[0]
@@ -352,23 +407,28 @@ def _iteration(prob: _Problem, refs: NDArray[np.float32], log_pi: NDArray[np.flo
     n = rows_all.size
     class_prob = np.zeros((n, k))
     best = np.zeros((n, 4), np.int64)  # k, psi index, t index
+    shift = np.zeros((n, 2), np.int64)
     max_prob = np.zeros(n)
     ess = np.zeros(n)
     gain_best = np.zeros(n)
     resid = np.zeros(n)
+    offset_ms = 0.0
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(start + _CHUNK, n))
         rows = rows_all[sl]
-        gain, logp = _e_chunk(prob, rows, ref_spec, ref_pow, log_pi, sigma2)
+        off, log_prior = _window(prob, centre[rows], sigma_t)
+        gain, logp = _e_chunk(prob, rows, centre[rows], log_prior, ref_spec, ref_pow, log_pi, sigma2)
         p = _posterior(logp, settings.hard)
         c = rows.size
         flat_p = p.reshape(c, -1)
         arg = flat_p.argmax(axis=1)
         kk, mm, tt = np.unravel_index(arg, p.shape[1:])
         best[sl, 0], best[sl, 1], best[sl, 2] = kk, mm, tt
+        shift[sl] = off[np.arange(c), tt]
         max_prob[sl] = flat_p.max(axis=1)
         ess[sl] = 1.0 / (flat_p ** 2).sum(axis=1)
         class_prob[sl] = p.sum(axis=(2, 3))
+        offset_ms += float((p.sum(axis=(1, 2)) * (off.astype(np.float64) ** 2).sum(axis=2)).sum())
         g = gain.reshape(c, -1)
         gain_best[sl] = g[np.arange(c), arg]
         resid[sl] = np.maximum(prob.x2[rows] - 2.0 * sigma2 * gain_best[sl], 0.0)
@@ -377,12 +437,14 @@ def _iteration(prob: _Problem, refs: NDArray[np.float32], log_pi: NDArray[np.flo
         cell = p.sum(axis=3)
         ci, kc, mc = np.nonzero(cell > _MIN_CELL_MASS * cell.max(axis=(1, 2), keepdims=True))
         wmap = np.zeros((ci.size, b * b))
-        wmap[:, prob.offset_flat] = p[ci, kc, mc]
+        flat = (off[..., 1] % b) * b + (off[..., 0] % b)  # (c, T)
+        wmap[np.arange(ci.size)[:, None], flat[ci]] = p[ci, kc, mc]
         wspec = scipy.fft.rfft2(wmap.reshape(-1, b, b), workers=-1) * prob.spec[rows[ci]]
         cells = scipy.sparse.csr_matrix((np.ones(ci.size), (kc * m + mc, np.arange(ci.size))),
                                         shape=(k * m, ci.size))
         numer += (cells @ wspec.reshape(ci.size, -1)).reshape(numer.shape)
     return {"numer": numer, "class_prob": class_prob, "best": best.astype(np.float64),
+            "shift": shift.astype(np.float64), "offset_ms": offset_ms / max(n, 1),
             "max_prob": max_prob, "ess": ess, "gain": gain_best, "resid": resid}
 
 
@@ -454,8 +516,14 @@ def classify_2d(images: NDArray[np.float32], settings: ClassifySettings, *,
     history: list[dict[str, float]] = []
     prev: NDArray[np.int64] | None = None
     out: dict[str, NDArray[np.float64] | NDArray[np.complex128] | float] = {}
+    centre = np.zeros((imgs.shape[0], 2), np.int64)
+    sigma_t = settings.offset_sigma_px
     for it in range(settings.n_iter):
-        out = _iteration(prob, refs, log_pi, sigma2, settings)
+        out = _iteration(prob, refs, log_pi, sigma2, settings, centre, offset_sigma_px=sigma_t)
+        if settings.offset_recentre:
+            centre = np.asarray(out["shift"]).astype(np.int64)
+        if settings.learn_offset_sigma:
+            sigma_t = max(math.sqrt(float(out["offset_ms"]) / 2.0), 0.5)
         cp = np.asarray(out["class_prob"])
         refs = _averages(prob, np.asarray(out["numer"]), cp, rows, sigma2, settings.tau2_fudge)
         pi = np.maximum(cp.mean(axis=0), 1e-6)
@@ -464,14 +532,15 @@ def classify_2d(images: NDArray[np.float32], settings: ClassifySettings, *,
         cls = np.asarray(out["best"])[:, 0].astype(np.int64)
         changed = 1.0 if prev is None else float(np.mean(cls != prev))
         prev = cls
-        history.append({"iteration": float(it + 1), "sigma2": sigma2, "changed": changed})
+        history.append({"iteration": float(it + 1), "sigma2": sigma2, "changed": changed,
+                        "offset_sigma_px": sigma_t})
         if progress is not None:
             progress(it + 1)
     # final assignment against the final averages
-    out = _iteration(prob, refs, log_pi, sigma2, settings)
+    out = _iteration(prob, refs, log_pi, sigma2, settings, centre, offset_sigma_px=sigma_t)
     best = np.asarray(out["best"]).astype(np.int64)
     cp = np.asarray(out["class_prob"])
-    off = prob.offsets[best[:, 2]].astype(np.float64)
+    off = np.asarray(out["shift"])
     return Classification2D(
         averages=refs, class_index=best[:, 0], psi_deg=prob.psi_deg[best[:, 1]],
         shift_px=off, max_prob=np.asarray(out["max_prob"]), ess=np.asarray(out["ess"]),
@@ -481,7 +550,8 @@ def classify_2d(images: NDArray[np.float32], settings: ClassifySettings, *,
 
 def align_to_references(images: NDArray[np.float32], references: NDArray[np.float32],
                         settings: ClassifySettings, *, ctf: NDArray[np.float32] | None = None,
-                        sigma2: float = 1.0) -> Classification2D:
+                        sigma2: float = 1.0, offset_centre_px: NDArray[np.float64] | None = None
+                        ) -> Classification2D:
     """One hard E-step of every image against fixed references (no averaging).
 
     Parameters
@@ -493,6 +563,9 @@ def align_to_references(images: NDArray[np.float32], references: NDArray[np.floa
     ctf : array, shape (n, b, b//2 + 1), optional
     sigma2
         Per-pixel noise variance (e.g. :attr:`Classification2D.sigma2`).
+    offset_centre_px : array, shape (n, 2), optional
+        Centres ``(x, y)`` of the images' search windows (rounded to pixels, e.g. the shifts of
+        a classification; moved inside the offset cap); default 0.
 
     Returns
     -------
@@ -502,13 +575,22 @@ def align_to_references(images: NDArray[np.float32], references: NDArray[np.floa
     prob = _prepare(np.asarray(images, np.float32), ctf, settings)
     refs = np.asarray(references, np.float32)
     k = refs.shape[0]
+    n = prob.spec.shape[0]
+    centre = np.zeros((n, 2), np.int64)
+    if offset_centre_px is not None:
+        c = np.asarray(offset_centre_px, np.float64).reshape(n, 2)
+        centre = np.rint(c).astype(np.int64)
+        norm = np.hypot(c[:, 0], c[:, 1])
+        out_cap = np.hypot(centre[:, 0], centre[:, 1]) > prob.max_offset_px
+        scaled = c[out_cap] * (prob.max_offset_px / norm[out_cap])[:, None]
+        centre[out_cap] = np.trunc(scaled).astype(np.int64)  # towards 0: inside the cap
     hard = ClassifySettings(**{**settings.__dict__, "hard": True})
-    out = _iteration(prob, refs, np.full(k, -math.log(k)), sigma2, hard)
+    out = _iteration(prob, refs, np.full(k, -math.log(k)), sigma2, hard, centre)
     best = np.asarray(out["best"]).astype(np.int64)
     cp = np.asarray(out["class_prob"])
     return Classification2D(
         averages=refs, class_index=best[:, 0], psi_deg=prob.psi_deg[best[:, 1]],
-        shift_px=prob.offsets[best[:, 2]].astype(np.float64), max_prob=np.asarray(out["max_prob"]),
+        shift_px=np.asarray(out["shift"]), max_prob=np.asarray(out["max_prob"]),
         ess=np.asarray(out["ess"]), eca=1.0 / (cp ** 2).sum(axis=1),
         log_evidence_gain=np.asarray(out["gain"]), class_prob=cp, sigma2=sigma2)
 

@@ -27,7 +27,8 @@ classes of real particles (see docs/classify.md for the measurements).
 Second pass (:func:`recover_particles`, the CryoVirusDB step): every particle is aligned
 (one hard E-step) against the good class averages only; a particle from a junk class is
 recovered when its log-likelihood gain there is at least the ``percentile``-th percentile of
-the gains of the particles already kept. The CLI and the benchmark recover only from classes
+the gains of the particles already kept. With ``settings.offset_recentre`` (the default) the
+translation window of that pass is centred on each particle's shift from the classification. The CLI and the benchmark recover only from classes
 rejected for population or resolution (:func:`recoverable_classes`), not from classes
 rejected for their power (noise, contamination).
 """
@@ -265,7 +266,10 @@ def recover_particles(images: NDArray[np.float32], result: Classification2D, goo
     if not good.any():
         empty = np.zeros(images.shape[0], bool)
         return Recovery(empty, empty, float("inf"), result)
-    second = align_to_references(images, result.averages[good], settings, ctf=ctf, sigma2=result.sigma2)
+    # with recentred searches (the default) the second pass searches around each image's shift
+    centre = result.shift_px if settings.offset_recentre else None
+    second = align_to_references(images, result.averages[good], settings, ctf=ctf, sigma2=result.sigma2,
+                                 offset_centre_px=centre)
     gains = second.log_evidence_gain
     threshold = float(np.percentile(gains[in_good], percentile)) if in_good.any() else float("inf")
     allowed = ~good if recover_from is None else np.asarray(recover_from, bool) & ~good

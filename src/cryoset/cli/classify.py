@@ -60,6 +60,11 @@ def register(app: typer.Typer) -> None:
         n_iter: int = typer.Option(10, "--iter", help="EM iterations."),
         psi_step: float = typer.Option(10.0, "--psi-step", help="In-plane angular step (degrees)."),
         offset_range: int = typer.Option(5, "--offset-range", help="Translation search radius (pixels of --box)."),
+        recentre: bool = typer.Option(
+            True, "--offset-recentre/--fixed-offset-window",
+            help="Centre each image's translation window on its previous offset (RELION) or on the box centre."),
+        max_offset: float | None = typer.Option(
+            None, "--max-offset", help="Cap on the total shift in pixels of --box (default box/4)."),
         diameter_a: float | None = typer.Option(None, "--diameter", help="Particle diameter in Å (mask; default 0.8 box)."),
         box: int = typer.Option(64, "--box", help="Fourier-crop images to this box first (0: keep)."),
         tau2_fudge: float = typer.Option(2.0, "--tau2-fudge", help="RELION's T: > 1 sharpens averages."),
@@ -106,6 +111,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("--query", "needs --store")
         if classes < 1 or n_iter < 1 or not 0 < psi_step <= 180 or offset_range < 0:
             raise InputError("options", "need --classes >= 1, --iter >= 1, 0 < --psi-step <= 180, --offset-range >= 0")
+        if max_offset is not None and not max_offset >= 0:
+            raise InputError("--max-offset", "must be >= 0")
         if not (resolution_factor > 0 and 0 <= power_fraction < max_power_ratio):
             raise InputError("options", "need --resolution-factor > 0 and 0 <= --power-fraction < --max-power-ratio")
         source: Path = particles if particles is not None else Path(str(store))
@@ -122,6 +129,7 @@ def register(app: typer.Typer) -> None:
         diameter_px = None if diameter_a is None else diameter_a / data.pixel_size_a
         settings = ClassifySettings(n_classes=classes, n_iter=n_iter, psi_step_deg=psi_step,
                                     offset_range_px=offset_range, offset_sigma_px=max(offset_range, 1) / 1.5,
+                                    offset_recentre=recentre, max_offset_px=max_offset,
                                     particle_diameter_px=diameter_px, tau2_fudge=tau2_fudge,
                                     hard=hard, seed=seed)
         with Progress(console=Console(stderr=True), transient=True) as bar:
@@ -162,7 +170,8 @@ def register(app: typer.Typer) -> None:
         table["rlnCryosetKept"] = kept.astype(np.int64)
         table["rlnCryosetRecovered"] = recovered.astype(np.int64)
         params = {"classes": classes, "iter": n_iter, "psi_step_deg": psi_step,
-                  "offset_range_px": offset_range, "box": b, "pixel_size_a": data.pixel_size_a,
+                  "offset_range_px": offset_range, "offset_recentre": recentre, "max_offset_px": max_offset,
+                  "box": b, "pixel_size_a": data.pixel_size_a,
                   "tau2_fudge": tau2_fudge, "hard": hard, "ctf": use_ctf, "recover": recover,
                   "min_population": min_population, "resolution_factor": resolution_factor,
                   "power_fraction": power_fraction, "max_power_ratio": max_power_ratio,
