@@ -89,16 +89,6 @@ def naive_dense_viterbi(log_emit: np.ndarray, seq: np.ndarray, dense: np.ndarray
     return path
 
 
-def _dense(graph) -> np.ndarray:  # type: ignore[no-untyped-def]
-    n = graph.n_states
-    out = np.repeat(graph.log_floor[:, None], n, axis=1)
-    for j in range(n):
-        sl = slice(graph.indptr[j], graph.indptr[j + 1])
-        out[graph.sources[sl], j] = graph.log_prob[sl]
-    np.fill_diagonal(out, -np.inf)
-    return out
-
-
 def main() -> dict:
     # Warm up the compiled kernel (compilation is cached on disk but loading costs ~1 s).
     cpos, cprob, truth, seq, copy_len = _problem(60, 80)
@@ -136,7 +126,7 @@ def main() -> dict:
         cpos_s, cprob_s, _, seq_s, _ = _problem(n_res, n_cand, seed=1)
         le = emission_log_probabilities(cprob_s)
         g = build_transitions(cpos_s)
-        dense = _dense(g)
+        dense = g.to_dense()
         c0 = time.process_time()
         naive_dense_viterbi(le, seq_s, dense)
         naive_s = time.process_time() - c0

@@ -10,7 +10,6 @@ import pytest
 
 from cryoset.trace.hmm import (
     CA_CA_MEAN_A,
-    TransitionGraph,
     align_chain,
     align_chains,
     build_transitions,
@@ -27,17 +26,6 @@ from cryoset.trace.residues import (
     sequence_to_indices,
     three_to_index,
 )
-
-
-def dense_log_transitions(graph: TransitionGraph) -> np.ndarray:
-    """The full (n, n) log transition matrix [source, target] that the graph represents."""
-    n = graph.n_states
-    out = np.repeat(graph.log_floor[:, None], n, axis=1)
-    for j in range(n):
-        sl = slice(graph.indptr[j], graph.indptr[j + 1])
-        out[graph.sources[sl], j] = graph.log_prob[sl]
-    np.fill_diagonal(out, -np.inf)
-    return out
 
 
 def dense_path_log_score(path, log_emit, dense, seq) -> float:  # type: ignore[no-untyped-def]
@@ -81,7 +69,7 @@ def test_transitions_are_row_normalised_floored_gaussian(rng: np.random.Generato
     pos = rng.uniform(0, 12, size=(40, 3))
     lam, penalty = 10.0, 12.0
     graph = build_transitions(pos, scale_lambda=lam, jump_penalty=penalty)
-    dense = dense_log_transitions(graph)
+    dense = graph.to_dense()
     np.testing.assert_allclose(np.exp(dense).sum(axis=1), 1.0, rtol=1e-9)
     sigma = 0.036 * lam
     d = np.linalg.norm(pos[:, None] - pos[None], axis=2)
@@ -117,7 +105,7 @@ def test_viterbi_matches_exhaustive_search(rng: np.random.Generator) -> None:
         probs[state, k] = 0.6
     log_e = emission_log_probabilities(probs)
     graph = build_transitions(pos)
-    dense = dense_log_transitions(graph)
+    dense = graph.to_dense()
     result = viterbi_unique(log_e, seq, graph)
     scores = {p: dense_path_log_score(p, log_e, dense, seq) for p in itertools.permutations(range(6), 4)}
     best = max(scores, key=scores.__getitem__)

@@ -83,6 +83,21 @@ class TransitionGraph:
         """Number of states."""
         return int(self.indptr.shape[0] - 1)
 
+    def to_dense(self) -> FloatArray:
+        """The full log transition matrix ``[source, target]``, shape (n, n).
+
+        Stored edges carry their log probability, every other pair its source's floor, and
+        the diagonal is ``-inf`` (a state never follows itself). For checks and small
+        problems only: memory grows as n².
+        """
+        n = self.n_states
+        out = np.repeat(self.log_floor[:, None], n, axis=1)
+        for j in range(n):
+            edges = slice(self.indptr[j], self.indptr[j + 1])
+            out[self.sources[edges], j] = self.log_prob[edges]
+        np.fill_diagonal(out, -np.inf)
+        return out
+
 
 @dataclass(frozen=True)
 class ChainPath:
