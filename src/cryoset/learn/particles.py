@@ -398,6 +398,8 @@ class StoreParticleStream(IterableDataset[tuple[torch.Tensor, dict[str, Any]]]):
         """
         if stored.dtype != object:
             tensor = torch.empty((len(sel), *stored.shape[1:]), dtype=torch.float32)
+            if get_worker_info() is not None:  # decode straight into shared memory: no copy to send it
+                tensor.share_memory_()
             decode(stored, off, sc, rows=sel, out=tensor.numpy())
             images = tensor[:, None]
             if self.transform is None:
