@@ -120,6 +120,40 @@ def bench_loader(n: int = 20000, box: int = 128, batch_size: int = 256) -> dict[
     return res
 
 
+def bench_map_style(n: int = 20000, box: int = 128) -> dict[str, Any]:
+    """Map-style ``StoreParticleDataset``: chunk-aware ``ChunkBatchSampler`` batches versus the
+    plain shuffled sampler (``DataLoader(shuffle=True)``), which touches a different chunk for
+    almost every particle (timed on the first 2,000 particles only)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cryoset.learn.particles import ChunkBatchSampler, StoreParticleDataset
+    from cryoset.store.dataset import ParticleStore
+
+    rng = np.random.default_rng(0)
+    images = _particles(n, box, rng)
+    res: dict[str, Any] = {"particles": n, "box": box}
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        store = ParticleStore.create(Path(d) / "s", chunk_particles=256)
+        store.add_experiment("E", images, pd.DataFrame({"defocus_u_a": rng.uniform(1e4, 3e4, n)}))
+        ds = StoreParticleDataset(store, store.select(), columns=["defocus_u_a"])
+        t0 = time.perf_counter()
+        count = sum(len(b[0]) for b in DataLoader(ds, batch_sampler=ChunkBatchSampler(ds, 256, seed=0)))
+        res["chunk_batch_sampler_particles_per_s"] = count / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        count = 0
+        for images_b, _ann in DataLoader(ds, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)):
+            count += len(images_b)
+            if count >= 2000:
+                break
+        res["random_sampler_particles_per_s"] = count / (time.perf_counter() - t0)
+    res["ratio"] = res["chunk_batch_sampler_particles_per_s"] / res["random_sampler_particles_per_s"]
+    print(f"   map-style {box}²: ChunkBatchSampler {res['chunk_batch_sampler_particles_per_s']:.0f}/s, "
+          f"shuffled sampler {res['random_sampler_particles_per_s']:.0f}/s: ratio {res['ratio']:.0f}x")
+    return res
+
+
 def bench_codecs(n: int = 2000, box: int = 224) -> dict[str, Any]:
     import zarr
 
@@ -218,7 +252,8 @@ def bench_catalogue(rows: int | None = None) -> dict[str, Any]:
 def main() -> dict[str, Any]:
     # batches stay under 32 MB at 224² (glibc maps bigger blocks afresh each time: docs/store.md)
     return {"loader_64": bench_loader(box=64), "loader_128": bench_loader(box=128),
-            "loader_224": bench_loader(n=10000, box=224, batch_size=128), "codecs": bench_codecs(),
+            "loader_224": bench_loader(n=10000, box=224, batch_size=128), "map_style": bench_map_style(),
+            "codecs": bench_codecs(),
             "catalogue": bench_catalogue()}
 
 

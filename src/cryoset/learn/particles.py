@@ -162,9 +162,12 @@ class StoreParticleDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
             groups.setdefault((e, c), []).append(j)
         images: list[torch.Tensor] = [torch.empty(0)] * len(rows_arr)
         for (e, c), members in groups.items():
-            block = self._chunk(e, c)
-            for j in members:
-                images[j] = self._decode_row(int(rows_arr[j]), block)
+            stored, off, sc = self._chunk(e, c)
+            local = self._idx[rows_arr[members]] - c * cp
+            decoded = torch.from_numpy(decode(stored, off, sc, rows=local))  # one compiled pass per chunk
+            for j, image in zip(members, decoded, strict=True):
+                tensor = image[None]  # (1, y, x)
+                images[j] = self.transform(tensor) if self.transform is not None else tensor
         return [(img, _row_dict(self._values, int(r))) for img, r in zip(images, rows_arr, strict=True)]
 
     def get_batch(self, rows: Sequence[int]) -> torch.Tensor:
