@@ -344,6 +344,30 @@ def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64], *,
     -------
     ndarray, float32, shape (b, b, b)
     """
+    return _invert(acc, regulariser, _correction_arrays(acc) if gridding_correction else None)
+
+
+Correction = tuple[NDArray[np.float32], NDArray[np.float32]]
+
+
+def _correction_arrays(acc: FourierAccumulator) -> Correction:
+    """(:func:`inscribed_sphere_mask`, :func:`gridding_factor`) for the accumulator's grid."""
+    return inscribed_sphere_mask(acc.box), gridding_factor(acc.box, acc.n_pad)
+
+
+def _invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64],
+            correction: Correction | None) -> NDArray[np.float32]:
+    """:func:`invert` with the correction arrays given (computed once per reconstruction)."""
+    out = _inverse(acc, regulariser)
+    if correction is not None:
+        mask, factor = correction
+        out *= mask
+        out /= factor
+    return out
+
+
+def _inverse(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) -> NDArray[np.float32]:
+    """``irfftn(D / (W + reg))`` cropped to ``b³``, uncorrected."""
     data, weight = _hermitian_plane(acc)
     n_pad = acc.n_pad
     shells = _shell_index(n_pad)
@@ -359,11 +383,7 @@ def invert(acc: FourierAccumulator, regulariser: float | NDArray[np.float64], *,
     vol = np.fft.fftshift(scipy.fft.irfftn(spec, s=(n_pad,) * 3, workers=-1))
     b = acc.box
     o = n_pad // 2 - b // 2
-    out = np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
-    if gridding_correction:
-        out *= inscribed_sphere_mask(b)
-        out /= gridding_factor(b, n_pad)
-    return out
+    return np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
 
 
 @dataclass
@@ -467,17 +487,17 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
         done += sel.size
         halves.append(acc)
     tiny = 1e-6 * max(float(halves[0].weight.max()), 1e-30)
+    # the correction arrays serve all (up to five) maps inverted here
+    correction = _correction_arrays(halves[0]) if gridding_correction else None
     if wiener_constant is None:
-        m1 = invert(halves[0], tiny, gridding_correction=gridding_correction)
-        m2 = invert(halves[1], tiny, gridding_correction=gridding_correction)
+        m1, m2 = _invert(halves[0], tiny, correction), _invert(halves[1], tiny, correction)
         fsc0 = fourier_shell_correlation(m1, m2, voxel_size_a=pixel_size_a)
         reg = shell_regulariser(halves[0], halves[1], fsc0.correlation)
     else:
         reg = np.array([float(wiener_constant)])
     r_arg: float | NDArray[np.float64] = reg if reg.size > 1 else float(reg[0])
-    h1 = invert(halves[0], r_arg, gridding_correction=gridding_correction)
-    h2 = invert(halves[1], r_arg, gridding_correction=gridding_correction)
-    full = invert(halves[0] + halves[1], r_arg, gridding_correction=gridding_correction)
+    h1, h2 = _invert(halves[0], r_arg, correction), _invert(halves[1], r_arg, correction)
+    full = _invert(halves[0] + halves[1], r_arg, correction)
     curve = fourier_shell_correlation(h1, h2, voxel_size_a=pixel_size_a)
     res = resolution_at(curve.correlation, curve.freq_per_a, 0.143)
     return Reconstruction(full, h1, h2, curve, res, float(pixel_size_a),
