@@ -546,34 +546,34 @@ class ParticleStore:
             raise ValueError(f"out: need shape {shape} and dtype {first.dtype}")
         cp = self.chunk_particles
         keys: dict[tuple[str, int], int] = {}
-        direct: list[bool] = []
+        kinds: list[str] = []  # per request: "direct", "run" (contiguous) or "gather"
         pos = 0
         for exp, idx, arr in plans:
             files = self.chunk_files(exp)
-            contiguous = bool(idx.size) and idx[-1] - idx[0] == idx.size - 1 and bool(np.all(np.diff(idx) == 1))
-            whole = (files is not None and files.chunk_rows == cp and contiguous and idx[0] % cp == 0
-                     and ((idx[-1] + 1) % cp == 0 or idx[-1] + 1 == arr.shape[0]))
-            direct.append(whole)
-            if whole and files is not None:  # whole chunks: decompress straight into ``out``
+            run = bool(idx.size) and idx[-1] - idx[0] == idx.size - 1 and bool(np.all(np.diff(idx) == 1))
+            if (files is not None and files.chunk_rows == cp and run and idx[0] % cp == 0
+                    and ((idx[-1] + 1) % cp == 0 or idx[-1] + 1 == arr.shape[0])):
+                kinds.append("direct")  # whole chunks: decompress straight into ``out``
                 for c in range(int(idx[0]) // cp, int(idx[-1]) // cp + 1):
                     lo = pos + c * cp - int(idx[0])
                     files.read(c, out=out[lo:lo + files.rows_in(c)])
             else:
+                kinds.append("run" if run else "gather")
                 for c in np.unique(idx // cp).tolist():
                     keys.setdefault((exp, int(c)), len(keys))
             pos += idx.size
         blocks = self.read_chunks(list(keys))
         pos = 0
-        for (exp, idx, _arr), done in zip(plans, direct, strict=True):
+        for (exp, idx, _arr), kind in zip(plans, kinds, strict=True):
             chunk_of = idx // cp
-            if done:
+            if kind == "direct":
                 pass
-            elif idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+            elif kind == "run":
                 # a contiguous run (whole chunks, typically): slice copies, no gather
                 for c in range(int(chunk_of[0]), int(chunk_of[-1]) + 1):
                     lo, hi = max(int(idx[0]), c * cp), min(int(idx[-1]) + 1, (c + 1) * cp)
                     out[pos + lo - int(idx[0]):pos + hi - int(idx[0])] = blocks[keys[(exp, c)]][lo - c * cp:hi - c * cp]
-            elif idx.size:
+            elif idx.size:  # gather
                 order = np.argsort(chunk_of, kind="stable")
                 starts = np.flatnonzero(np.r_[True, chunk_of[order][1:] != chunk_of[order][:-1]]).tolist()
                 for a, b in itertools.pairwise([*starts, idx.size]):
