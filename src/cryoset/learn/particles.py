@@ -139,17 +139,8 @@ class StoreParticleDataset(Dataset[tuple[torch.Tensor, dict[str, Any]]]):
                 self._cache.popitem(last=False)
         return block
 
-    def _decode_row(self, i: int, block: tuple[NDArray[Any], NDArray[np.float32], NDArray[np.float32]]
-                    ) -> torch.Tensor:
-        stored, off, sc = block
-        k = np.asarray([int(self._idx[i]) % self.store.chunk_particles])
-        tensor = torch.from_numpy(decode(stored, off, sc, rows=k))  # (1, y, x)
-        return self.transform(tensor) if self.transform is not None else tensor
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        i = int(i)
-        block = self._chunk(str(self._exp[i]), int(self._idx[i]) // self.store.chunk_particles)
-        return self._decode_row(i, block), _row_dict(self._values, i)
+        return self.__getitems__([int(i)])[0]
 
     def __getitems__(self, rows: Sequence[int]) -> list[tuple[torch.Tensor, dict[str, Any]]]:
         """Batched fetch (the DataLoader calls it with a sampler's batch): rows grouped by
