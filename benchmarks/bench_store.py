@@ -41,21 +41,29 @@ def _particles(n: int, box: int, rng: np.random.Generator) -> np.ndarray:
     return blob[None] + rng.standard_normal((n, box, box)).astype(np.float32) * 3
 
 
+def _store(directory: str, images: np.ndarray, rng: np.random.Generator) -> Any:
+    """A uint8 store (chunks of 256) holding ``images`` as experiment ``E`` with a defocus column."""
+    from cryoset.store.dataset import ParticleStore
+
+    store = ParticleStore.create(Path(directory) / "s", chunk_particles=256)
+    store.add_experiment("E", images, pd.DataFrame({"defocus_u_a": rng.uniform(1e4, 3e4, len(images))}))
+    return store
+
+
 def bench_loader(n: int = 20000, box: int = 128, batch_size: int = 256) -> dict[str, Any]:
     import mrcfile
     import torch
     from torch.utils.data import DataLoader
 
     from cryoset.learn.particles import StoreParticleStream, decode_batch
-    from cryoset.store.dataset import ParticleStore, decode
+    from cryoset.store.dataset import decode
 
     rng = np.random.default_rng(0)
     images = _particles(n, box, rng)
     res: dict[str, Any] = {"particles": n, "box": box, "batch_size": batch_size,
                            "batch_mb": batch_size * box * box * 4 / 1e6}
     with tempfile.TemporaryDirectory() as d:
-        store = ParticleStore.create(Path(d) / "s", chunk_particles=256)
-        store.add_experiment("E", images, pd.DataFrame({"defocus_u_a": rng.uniform(1e4, 3e4, n)}))
+        store = _store(d, images, rng)
         mrcs = Path(d) / "p.mrcs"
         with mrcfile.new(mrcs) as m:
             m.set_data(images)
@@ -128,15 +136,13 @@ def bench_map_style(n: int = 20000, box: int = 128) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from cryoset.learn.particles import ChunkBatchSampler, StoreParticleDataset
-    from cryoset.store.dataset import ParticleStore
 
     rng = np.random.default_rng(0)
     images = _particles(n, box, rng)
     res: dict[str, Any] = {"particles": n, "box": box}
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
-        store = ParticleStore.create(Path(d) / "s", chunk_particles=256)
-        store.add_experiment("E", images, pd.DataFrame({"defocus_u_a": rng.uniform(1e4, 3e4, n)}))
+        store = _store(d, images, rng)
         ds = StoreParticleDataset(store, store.select(), columns=["defocus_u_a"])
         t0 = time.perf_counter()
         count = sum(len(b[0]) for b in DataLoader(ds, batch_sampler=ChunkBatchSampler(ds, 256, seed=0)))
