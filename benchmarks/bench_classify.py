@@ -20,7 +20,7 @@ junk class) is reported alongside as ``legacy_rule``, and every class is listed 
 verdict and its content by the simulation's junk truth.
 
 Usage: ``python benchmarks/bench_classify.py [N]`` (one scene, ours and RELION; prints JSON);
-``python benchmarks/bench_classify.py sweep [--relion] [--fixed-window] [--offset-range R]``:
+``python benchmarks/bench_classify.py sweep [--relion] [--fixed-offset-window] [--offset-range-px R]``:
 ours (and optionally RELION) on the tuning and held-out scenes of the rule
 (:data:`TUNING_SCENES`, :data:`HELD_OUT_SCENES`), plus the benchmark scene; ``--fixed-window``
 searches ``|t| ≤ R`` around the box centre in every iteration (the previous default, σ_t = 3 px
@@ -240,13 +240,14 @@ def sweep(scenes: tuple[tuple[int, int], ...] = ((1, 0), *TUNING_SCENES, *HELD_O
 
 
 def _sweep_overrides(argv: list[str]) -> dict[str, Any]:
-    """``--fixed-window`` and ``--offset-range R`` of the sweep command line."""
+    """``--fixed-offset-window`` and ``--offset-range-px R`` of the sweep command line (the
+    ``classify2d`` option names)."""
     over: dict[str, Any] = {}
-    if "--offset-range" in argv:
-        r = int(argv[argv.index("--offset-range") + 1])
+    if "--offset-range-px" in argv:
+        r = int(argv[argv.index("--offset-range-px") + 1])
         over["offset_range_px"] = r
         over["offset_sigma_px"] = 3.0 if r == 5 else r / 1.5
-    if "--fixed-window" in argv:
+    if "--fixed-offset-window" in argv:
         over["offset_recentre"] = False
     return over
 

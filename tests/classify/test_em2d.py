@@ -226,3 +226,81 @@ def test_recentred_search_follows_particles_beyond_the_first_window(rng: np.rand
     centred = align_to_references(clean, ref[None], settings, offset_centre_px=np.array([[7.4, 0.2]]))
     np.testing.assert_array_equal(centred.shift_px, far[:1])
     assert align_to_references(clean, ref[None], settings).shift_px[0, 0] <= 3.0
+
+
+def _matched_labels(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """The permutation of ``b``'s class labels that agrees best with ``a`` (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
+    counts = pd.crosstab(pd.Categorical(a, range(k)), pd.Categorical(b, range(k)), dropna=False).to_numpy()
+    rows, cols = linear_sum_assignment(-counts)
+    perm = np.empty(k, np.int64)
+    perm[cols] = rows
+    return perm
+
+
+def _band_correlation(x: np.ndarray, y: np.ndarray, pixel_a: float, low_a: float, high_a: float) -> float:
+    """Correlation of two images' Fourier coefficients between resolutions ``low_a`` and ``high_a``."""
+    b = x.shape[-1]
+    fx, fy = np.fft.rfft2(x), np.fft.rfft2(y)
+    k = np.hypot(np.fft.fftfreq(b)[:, None], np.fft.rfftfreq(b)[None, :]) / pixel_a
+    m = (k > 1.0 / low_a) & (k < 1.0 / high_a)
+    return float(np.real((fx[m] * np.conj(fy[m])).sum())
+                 / np.sqrt((np.abs(fx[m]) ** 2).sum() * (np.abs(fy[m]) ** 2).sum()))
+
+
+def test_phase_flipped_and_unflipped_particles_give_the_same_classes() -> None:
+    """The same simulated particles (two objects, astigmatic CTFs, 0.8–1.5 µm defocus, SNR 0.3),
+    once as imaged (CTF) and once phase-flipped as ``cryoset extract --phase-flip`` flips them and
+    flagged ``ctf_phase_flipped``: with the CTFs of :func:`ctf_images` (|CTF| for the flipped ones)
+    they get the same assignments up to the label permutation and class averages correlating
+    > 0.99, also beyond the first CTF zero (12–8 Å). Ignoring the flag (the full CTF applied to
+    flipped images: the bug) garbles the averages there. Measured (seed 11): agreement 1.0,
+    averages 0.9975 / 0.9979; 12–8 Å band 0.93 / 0.93 honoured, −0.45 / 0.19 ignored."""
+    from cryoset.classify.data import ctf_images
+    from cryoset.ctf.model import CTFParams
+    from cryoset.particles.extract import phase_flip
+
+    rng = np.random.default_rng(11)
+    b, n, px = 40, 80, 2.5
+    a = _letter(b)
+    bb = np.zeros((b, b), np.float32)
+    yy, xx = np.mgrid[0:b, 0:b] - b // 2
+    bb[(np.abs(xx) < 9) & (np.abs(yy) < 3)] = 1.0
+    bb[(np.hypot(xx - 6, yy + 6) < 3)] = 1.0
+    truth = rng.integers(0, 2, n)
+    rotated = np.stack([rotate_images(r[None], np.array([p]))[0, 0]
+                        for r, p in zip(np.stack([a, bb])[truth], rng.uniform(0, 360, n), strict=True)])
+    defocus = rng.uniform(8000, 15000, n)
+    table = pd.DataFrame({"defocus_u_a": defocus + 300, "defocus_v_a": defocus - 300,
+                          "defocus_angle_deg": rng.uniform(0, 180, n), "voltage_kv": 300.0,
+                          "cs_mm": 2.7, "amplitude_contrast": 0.1, "ctf_phase_flipped": 0})
+    ctf = ctf_images(table, b, px)
+    clean = np.fft.irfft2(np.fft.rfft2(_shift(rotated, rng.uniform(-3, 3, (n, 2)))) * ctf, s=(b, b))
+    noise_sd = np.sqrt(clean.var(axis=(1, 2)).mean() / 0.3)
+    images = (clean + noise_sd * rng.standard_normal(clean.shape)).astype(np.float32)
+    flipped = np.stack([phase_flip(img, CTFParams(r.defocus_u_a, r.defocus_v_a, r.defocus_angle_deg), px)
+                        for img, r in zip(images, table.itertuples(), strict=True)])
+    flagged_ctf = ctf_images(table.assign(ctf_phase_flipped=1), b, px)
+    np.testing.assert_array_equal(flagged_ctf, np.abs(ctf))
+    settings = ClassifySettings(n_classes=2, n_iter=4, psi_step_deg=15, offset_range_px=4,
+                                particle_diameter_px=30, seed=1)
+    plain = classify_2d(images, settings, ctf=ctf)
+    honoured = classify_2d(flipped, settings, ctf=flagged_ctf)
+    ignored = classify_2d(flipped, settings, ctf=ctf)
+    assert pd.crosstab(plain.class_index, truth).to_numpy().max(axis=1).sum() / n >= 0.95
+    perm = _matched_labels(plain.class_index, honoured.class_index, 2)
+    agreement = float(np.mean(perm[honoured.class_index] == plain.class_index))
+    same = [float(np.corrcoef(plain.averages[perm[j]].ravel(), honoured.averages[j].ravel())[0, 1])
+            for j in range(2)]
+    same_band = [_band_correlation(plain.averages[perm[j]], honoured.averages[j], px, 12.0, 8.0)
+                 for j in range(2)]
+    perm_bad = _matched_labels(plain.class_index, ignored.class_index, 2)
+    bad_band = [_band_correlation(plain.averages[perm_bad[j]], ignored.averages[j], px, 12.0, 8.0)
+                for j in range(2)]
+    print(f"agreement {agreement:.3f}, averages {np.round(same, 4)}, 12-8 A {np.round(same_band, 3)}, "
+          f"flag ignored {np.round(bad_band, 3)}")
+    assert agreement >= 0.99
+    assert min(same) > 0.99
+    assert min(same_band) > 0.85
+    assert max(bad_band) < 0.5

@@ -46,7 +46,8 @@ def test_catalog_curate_writes_clusters_representatives_and_splits(run_cli, tmp_
     (tmp_path / "seqs.fasta").write_text("\n".join(fasta) + "\n")
     out = tmp_path / "catalog.parquet"
     code, stdout, err = run_cli("catalog", "curate", tmp_path / "records.csv", "--fasta", tmp_path / "seqs.fasta",
-                                "--method", "align", "--test-fraction", "0.3", "--seed", "1", "--out", out)
+                                "--method", "align", "--test-fraction", "0.3", "--seed", "1", "--out", out,
+                                "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary == {"experiments": 7, "clusters": 2, "kept": 5, "train": summary["train"],

@@ -31,7 +31,7 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_classify2d_writes_relion_star_averages_gallery_and_stats(run_cli, sim_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "c2d"
     code, stdout, stderr = run_cli("classify2d", sim_dir / "particles.star", "--out", out, "-K", "3",
-                                   "--iter", "3", "--psi-step", "20", "--diameter", "60", "--json")
+                                   "--n-iter", "3", "--psi-step-deg", "20", "--diameter-a", "60", "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["particles"] == 60 and summary["box"] == 32
@@ -71,7 +71,7 @@ def test_classify2d_from_store_query(run_cli, sim_dir: Path, tmp_path: Path) -> 
     out = tmp_path / "c2d"
     code, stdout, stderr = run_cli("classify2d", "--store", tmp_path / "store", "--query",
                                    "SELECT * FROM particles WHERE particle_index < 40", "--out", out,
-                                   "-K", "2", "--iter", "2", "--psi-step", "30", "--json")
+                                   "-K", "2", "--n-iter", "2", "--psi-step-deg", "30", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["particles"] == 40
     assert read_stack(out / "particles.mrcs").shape == (40, 32, 32)
@@ -88,8 +88,8 @@ def test_bad_arguments_exit_2(run_cli, sim_dir: Path, tmp_path: Path) -> None:  
     code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x",
                            "--power-fraction", "0.5", "--max-power-ratio", "0.4")
     assert code == 2 and "--max-power-ratio" in err
-    code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x", "--max-offset", "-1")
-    assert code == 2 and "--max-offset" in err
+    code, _, err = run_cli("classify2d", sim_dir / "particles.star", "--out", tmp_path / "x", "--max-offset-px", "-1")
+    assert code == 2 and "--max-offset-px" in err
 
 
 @pytest.mark.shared_data
@@ -97,8 +97,8 @@ def test_bad_arguments_exit_2(run_cli, sim_dir: Path, tmp_path: Path) -> None:  
 def test_real_particles_classify(run_cli, tmp_path: Path, star: str, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
     path = require_shared_data("star", "relion", star)
     out = tmp_path / "c2d"
-    code, stdout, stderr = run_cli("classify2d", path, "--out", out, "-K", "2", "--iter", "2",
-                                   "--psi-step", "30", "--box", "64", "--json", *extra)
+    code, stdout, stderr = run_cli("classify2d", path, "--out", out, "-K", "2", "--n-iter", "2",
+                                   "--psi-step-deg", "30", "--box-px", "64", "--json", *extra)
     assert code == 0, stderr
     summary = json.loads(stdout)
     n = len(read_particles(path).table)
@@ -111,10 +111,10 @@ def test_real_particles_classify(run_cli, tmp_path: Path, star: str, extra: list
 
 
 def test_fixed_offset_window_option(run_cli, sim_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """``--fixed-offset-window`` restores the search |t| ≤ --offset-range around the box centre."""
+    """``--fixed-offset-window`` restores the search |t| ≤ --offset-range-px around the box centre."""
     out = tmp_path / "fixed"
-    code, _, stderr = run_cli("classify2d", sim_dir / "particles.star", "--out", out, "-K", "2", "--iter", "2",
-                              "--psi-step", "30", "--diameter", "60", "--offset-range", "2",
+    code, _, stderr = run_cli("classify2d", sim_dir / "particles.star", "--out", out, "-K", "2", "--n-iter", "2",
+                              "--psi-step-deg", "30", "--diameter-a", "60", "--offset-range-px", "2",
                               "--fixed-offset-window", "--no-recover")
     assert code == 0, stderr
     table = read_particles(out / "particles.star").table

@@ -44,7 +44,7 @@ def test_ctf_good_and_bad_micrographs(
     pd.DataFrame({"micrograph": ["good.mrc"], "x_px": [100.0], "y_px": [600.0]}).to_csv(picks, index=False)
     code, stdout, stderr = run_cli(
         "ctf", micrographs["good"], micrographs["blank"], micrographs["tiny"], "--out", out,
-        "--patches", "2x2", "--picks", picks, "--json", "--jobs", "2",
+        "--patches", "2x2", "--picks", picks, "--json", "--workers", "2",
     )  # fmt: skip
     assert code == 2  # some failed (in the process pool), after writing the good one
     assert "blank.mrc: the micrograph is blank" in stderr

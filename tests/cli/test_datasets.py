@@ -88,7 +88,8 @@ def test_download_summary_and_corrupt_archive(run_cli: Any, tmp_path: Path) -> N
         assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
     assert not (out / "10093").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".10093")]
-    code, text, err = run_cli("datasets", "summary", out / "10028", "--layout", "cryoppp", "--table", tmp_path / "t.csv")
+    code, text, err = run_cli("datasets", "summary", out / "10028", "--layout", "cryoppp", "--out", tmp_path / "t.csv",
+                              "--json")
     assert code == 0, err
     summary = json.loads(text)
     assert summary["n_particles"] == 2 and summary["micrograph_shapes"] == ["(60, 80)"]
@@ -109,7 +110,7 @@ def test_crosscheck_and_import(run_cli: Any, tmp_path: Path) -> None:
     _prepared_like(tmp_path / "ours" / "EMD-1234", (0.0, 0.0, 0.0))
     _prepared_like(tmp_path / "theirs" / "EMD-1234", (0.0, 0.0, 0.0))
     code, text, err = run_cli("datasets", "crosscheck", tmp_path / "theirs" / "EMD-1234", tmp_path / "ours" / "EMD-1234",
-                              "--json", tmp_path / "r.json")
+                              "--out", tmp_path / "r.json")
     assert code == 0, err
     assert text.startswith("EMD-1234: offset [0, 0, 0]") and text.count("1.0000") == 5  # density r, 3 labels, all
     assert json.loads((tmp_path / "r.json").read_text())["density_correlation"] == pytest.approx(1.0)

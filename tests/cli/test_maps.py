@@ -23,7 +23,7 @@ def test_prepare_monomer_map_with_model_then_stitch(run_cli, tmp_path: Path) -> 
     """The cut-out monomer map has a non-zero origin; labels must still round-trip exactly."""
     folder = require_shared_data("maps", "emd_5168")
     code, out, err = run_cli("map", "prepare", folder / "emd_5168_monomer.mrc", "--model", folder / "3MFP.pdb",
-                             "--out", tmp_path / "m")
+                             "--out", tmp_path / "m", "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["ca_exact_fraction"] == 1.0 and summary["mrc_valid"] is True
@@ -42,7 +42,7 @@ def test_prepare_monomer_map_with_model_then_stitch(run_cli, tmp_path: Path) -> 
 
 def test_subgrids_command_with_custom_geometry(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = require_shared_data("maps", "model_less", "emd_5625.map")
-    code, _, err = run_cli("map", "subgrids", path, "--names", "density", "--box", "24", "--overlap", "4",
+    code, _, err = run_cli("map", "subgrids", path, "--names", "density", "--box-px", "24", "--overlap-px", "4",
                            "--out", tmp_path / "s.zarr")
     assert code == 0, err
     code, _, err = run_cli("map", "stitch", tmp_path / "s.zarr", "--out", tmp_path / "back.mrc")
@@ -66,7 +66,7 @@ def test_build_small_list(run_cli, tmp_path: Path) -> None:  # type: ignore[no-u
     listing.write_text(f"emdb_id,map,resolution_a\nEMD-3197,{maps / 'emd_3197' / 'EMD-3197.map'},20\n")
     (tmp_path / "test.txt").write_text("EMD-3197\n")
     code, out, err = run_cli("map", "build", listing, "--out", tmp_path / "ds", "--workers", "1",
-                             "--voxel-size", "5", "--test-list", tmp_path / "test.txt")
+                             "--voxel-size-a", "5", "--test-list", tmp_path / "test.txt")
     assert code == 0, err
     assert "1/1 maps prepared" in out and "'test': 1" in out
     assert (tmp_path / "ds" / "metadata.parquet").is_file() and (tmp_path / "ds" / "metadata.csv").is_file()

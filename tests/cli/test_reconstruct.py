@@ -105,7 +105,7 @@ def test_real_relion31_particles_reconstruct(run_cli, tmp_path: Path) -> None:  
     """5 real particles with angles (rlnRandomSubset all 1: a seeded random split is used)."""
     path = require_shared_data("star", "relion", "relion31.star")
     out = tmp_path / "m.mrc"
-    code, stdout, stderr = run_cli("reconstruct", path, "--out", out, "--box", "64", "--permissive", "--json")
+    code, stdout, stderr = run_cli("reconstruct", path, "--out", out, "--box-px", "64", "--permissive", "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["particles"] == 5 and sum(summary["half_sizes"]) == 5

@@ -17,23 +17,23 @@ from cryoset.provenance import read_provenance
 
 def test_protein(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "p.pdb"
-    code, stdout, _ = run_cli("simulate", "protein", "--length", 40, "--seed", 3, "--out", out, "--json")
+    code, stdout, _ = run_cli("simulate", "protein", "--protein-length", 40, "--seed", 3, "--out", out, "--json")
     assert code == 0
     summary = json.loads(stdout)
     st = gemmi.read_structure(str(out))
     assert len(st[0][0]) == 40 == summary["residues"]
     assert gemmi.one_letter_code([r.name for r in st[0][0]]).upper() == summary["sequence"]
     assert read_provenance(out)["parameters"] == {"length": 40, "seed": 3}
-    code2, stdout2, _ = run_cli("simulate", "protein", "--length", 40, "--seed", 3,
+    code2, stdout2, _ = run_cli("simulate", "protein", "--protein-length", 40, "--seed", 3,
                                 "--out", tmp_path / "q.cif", "--json")
     assert code2 == 0 and json.loads(stdout2)["sequence"] == summary["sequence"]
 
 
 def test_micrographs(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "mics"
-    code, stdout, _ = run_cli("simulate", "micrographs", "--n", 2, "--size", 192, "--pixel-size", 2.0,
-                              "--particles", 4, "--protein-length", 50, "--defocus-range", 1.0, 2.0,
-                              "--dose", 30, "--seed", 1, "--out", out, "--json")
+    code, stdout, _ = run_cli("simulate", "micrographs", "--micrographs", 2, "--size-px", 192, "--pixel-size-a", 2.0,
+                              "--particles-per-micrograph", 4, "--protein-length", 50, "--defocus-min-a", 10000,
+                              "--defocus-max-a", 20000, "--dose-e-per-a2", 30, "--seed", 1, "--out", out, "--json")
     assert code == 0, stdout
     summary = json.loads(stdout)
     assert summary["micrographs"] == 2 and summary["particles"] == 8
@@ -53,20 +53,20 @@ def test_micrographs(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert np.all((d >= 1e4 - 300) & (d <= 2e4 + 300))
     assert (out / "model.pdb").is_file()
     assert read_provenance(out)["parameters"]["seed"] == 1
-    # same seed, same data (micrograph k's seed does not depend on --n)
-    code, _, _ = run_cli("simulate", "micrographs", "--n", 1, "--size", 192, "--pixel-size", 2.0,
-                         "--particles", 4, "--protein-length", 50, "--defocus-range", 1.0, 2.0,
-                         "--dose", 30, "--seed", 1, "--out", tmp_path / "again")
+    # same seed, same data (micrograph k's seed does not depend on --micrographs)
+    code, _, _ = run_cli("simulate", "micrographs", "--micrographs", 1, "--size-px", 192, "--pixel-size-a", 2.0,
+                         "--particles-per-micrograph", 4, "--protein-length", 50, "--defocus-min-a", 10000,
+                         "--defocus-max-a", 20000, "--dose-e-per-a2", 30, "--seed", 1, "--out", tmp_path / "again")
     again = read_stack(tmp_path / "again" / "micrographs" / "micrograph_0000.mrc", mmap=False)
     first = read_stack(out / "micrographs" / "micrograph_0000.mrc", mmap=False)
     assert np.array_equal(np.asarray(again.data), np.asarray(first.data))
 
 
 def test_particles_and_map_from_model_file(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    code, _, _ = run_cli("simulate", "protein", "--length", 45, "--out", tmp_path / "m.pdb")
+    code, _, _ = run_cli("simulate", "protein", "--protein-length", 45, "--out", tmp_path / "m.pdb")
     assert code == 0
     out = tmp_path / "parts"
-    code, stdout, _ = run_cli("simulate", "particles", "--n", 20, "--box", 40, "--pixel-size", 2.5,
+    code, stdout, _ = run_cli("simulate", "particles", "--particles", 20, "--box-px", 40, "--pixel-size-a", 2.5,
                               "--junk-fraction", 0.3, "--model", tmp_path / "m.pdb", "--out", out, "--json")
     assert code == 0, stdout
     summary = json.loads(stdout)
@@ -76,8 +76,8 @@ def test_particles_and_map_from_model_file(run_cli, tmp_path: Path) -> None:  # 
     assert len(truth) == 20 and "kind" in truth.columns
     prov = read_provenance(out)
     assert prov["inputs"][0]["path"].endswith("m.pdb")
-    code, stdout, _ = run_cli("simulate", "map", "--model", tmp_path / "m.pdb", "--resolution", 6,
-                              "--pixel-size", 2.0, "--out", tmp_path / "map.mrc", "--json")
+    code, stdout, _ = run_cli("simulate", "map", "--model", tmp_path / "m.pdb", "--resolution-a", 6,
+                              "--voxel-size-a", 2.0, "--out", tmp_path / "map.mrc", "--json")
     assert code == 0
     m = read_map(tmp_path / "map.mrc")
     box = json.loads(stdout)["box_px"]
@@ -89,11 +89,11 @@ def test_particles_and_map_from_model_file(run_cli, tmp_path: Path) -> None:  # 
 
 
 def test_bad_input(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = run_cli("simulate", "particles", "--n", 5, "--box", 33, "--out", tmp_path / "x")
+    code, _, err = run_cli("simulate", "particles", "--particles", 5, "--box-px", 33, "--out", tmp_path / "x")
     assert code == 2 and "box" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("simulate", "micrographs", "--model", tmp_path / "missing.pdb", "--out", tmp_path / "y")
     assert code == 2 and "missing.pdb" in err
-    code, _, err = run_cli("simulate", "protein", "--length", 2, "--out", tmp_path / "p.pdb")
+    code, _, err = run_cli("simulate", "protein", "--protein-length", 2, "--out", tmp_path / "p.pdb")
     assert code == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -106,7 +106,7 @@ def test_relion_reads_the_truth_star_files(run_cli, tmp_path: Path) -> None:  # 
 
     exe = require_program("relion_star_printtable")
     out = tmp_path / "m"
-    code, _, _ = run_cli("simulate", "micrographs", "--size", 128, "--particles", 2,
+    code, _, _ = run_cli("simulate", "micrographs", "--size-px", 128, "--particles-per-micrograph", 2,
                          "--protein-length", 30, "--out", out)
     assert code == 0
     res = subprocess.run([exe, str(out / "micrographs_ctf.star"), "data_micrographs",

@@ -78,7 +78,8 @@ def test_json_output(run_cli, valid_files: list[Path], invalid_file: Path, tmp_p
     short.write_bytes(b"\0" * 100)
     code, out, _ = run_cli("validate", "--json", valid_files[1], invalid_file, short)
     assert code == 2
-    report = json.loads(out)
+    report = json.loads(out)["files"]
+    assert json.loads(out)["valid"] is False
     assert [r["valid"] for r in report] == [True, False, False]
     assert report[0] == {"path": str(valid_files[1]), "valid": True, "problems": [], "error": None}
     assert len(report[1]["problems"]) == 2 and report[1]["error"] is None

@@ -109,7 +109,7 @@ def test_project_csv_is_read_as_is() -> None:
 def test_cryoppp_needs_the_height_to_unflip(tmp_path: Path) -> None:
     p = tmp_path / "truth.csv"
     p.write_text("X-Coordinate,Y-Coordinate,Diameter\n10,20,50\n")
-    with pytest.raises(InputError, match="micrograph_shape"):
+    with pytest.raises(InputError, match="micrograph shape"):
         read_coords(p)
     df = read_coords(p, micrograph_shape=(100, 200))
     assert (df["x_px"][0], df["y_px"][0], df["diameter_px"][0]) == (10.0, 79.0, 50.0)
@@ -379,7 +379,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         write_coords(tmp_path / "o.box", picks, box_size_px=10)
     with pytest.raises(InputError, match="box size"):
         write_coords(tmp_path / "o.box", picks.iloc[:1])
-    with pytest.raises(InputError, match="micrograph_shape"):
+    with pytest.raises(InputError, match="micrograph shape"):
         write_coords(tmp_path / "o.cs", picks)
     with pytest.raises(InputError, match="suffix"):
         write_coords(tmp_path / "o.xyz", picks)

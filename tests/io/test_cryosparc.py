@@ -16,7 +16,7 @@ from cryoset.geometry import (
     random_rotations,
     rotvec_to_matrix,
 )
-from cryoset.io.cryosparc import read_cs, write_cs
+from cryoset.io.cryosparc import CS_DEFAULT_FIELDS, read_cs, write_cs
 from cryoset.io.particles import (
     cs_pose_to_euler,
     cs_to_table,
@@ -25,6 +25,20 @@ from cryoset.io.particles import (
     table_to_cs,
 )
 from cryoset.testing import require_shared_data
+
+#: dtypes of fields cryoSPARC writes in every particle file (../shared/data/star/cryosparc/*.cs).
+ALWAYS_WRITTEN_DTYPES: dict[str, np.dtype] = {
+    "uid": np.dtype("<u8"), "blob/idx": np.dtype("<u4"), "blob/shape": np.dtype(("<u4", (2,))),
+    "blob/psize_A": np.dtype("<f4"), "blob/sign": np.dtype("<f4"), "blob/import_sig": np.dtype("<u8"),
+    "ctf/type": np.dtype("S9"), "ctf/exp_group_id": np.dtype("<u4"), "ctf/accel_kv": np.dtype("<f4"),
+    "ctf/cs_mm": np.dtype("<f4"), "ctf/amp_contrast": np.dtype("<f4"), "ctf/df1_A": np.dtype("<f4"),
+    "ctf/df2_A": np.dtype("<f4"), "ctf/df_angle_rad": np.dtype("<f4"),
+    "ctf/phase_shift_rad": np.dtype("<f4"), "ctf/scale": np.dtype("<f4"),
+    "ctf/scale_const": np.dtype("<f4"), "ctf/bfactor": np.dtype("<f4"),
+    "ctf/shift_A": np.dtype(("<f4", (2,))), "ctf/tilt_A": np.dtype(("<f4", (2,))),
+    "ctf/trefoil_A": np.dtype(("<f4", (2,))), "ctf/tetra_A": np.dtype(("<f4", (4,))),
+    "ctf/anisomag": np.dtype(("<f4", (4,))),
+}
 
 CS_FILES = ["cryosparc/cryosparc_P12_J24_001_particles.cs",
             "cryosparc/cryosparc_J2_particles_exported.cs", "relion/empiar_10076_7.cs"]
@@ -98,6 +112,21 @@ def test_property_euler_pose_round_trip(rot: float, tilt: float, psi: float) -> 
     np.testing.assert_allclose(euler_to_matrix(*back), euler_to_matrix(rot, tilt, psi), atol=1e-12)
 
 
+def _assert_fields_kept_plus_cryosparc_defaults(a: np.ndarray, back: np.ndarray) -> None:
+    """Every field of ``a`` is written back; the only additions are the fields cryoSPARC always
+    writes, with the same dtypes as in the shared cryoSPARC files."""
+    names, got = set(a.dtype.names or ()), set(back.dtype.names or ())
+    assert names <= got
+    align = next((g for g in ("alignments3D", "alignments2D") if f"{g}/pose" in names), None)
+    allowed = {"blob/import_sig"} | {
+        (f"{align}/" if group == "alignments" else f"{group}/") + field
+        for group, fields in CS_DEFAULT_FIELDS.items() for field, *_ in fields}
+    assert got - names <= allowed, got - names - allowed
+    for name in got - names:
+        if name in ALWAYS_WRITTEN_DTYPES:
+            assert back.dtype[name] == ALWAYS_WRITTEN_DTYPES[name], name
+
+
 def test_synthetic_cs_maps_to_canonical_truth(rng: np.random.Generator) -> None:
     a = _synthetic(50, rng)
     t = cs_to_table(a)
@@ -124,7 +153,7 @@ def test_synthetic_cs_maps_to_canonical_truth(rng: np.random.Generator) -> None:
 def test_cs_table_cs_round_trip_is_exact(rng: np.random.Generator, align: str, tmp_path: Path) -> None:
     a = _synthetic(40, rng, align)
     back = read_cs(write_cs(tmp_path / "x.cs", table_to_cs(cs_to_table(a))))
-    assert set(back.dtype.names or ()) == set(a.dtype.names or ())
+    _assert_fields_kept_plus_cryosparc_defaults(a, back)
     for name in a.dtype.names or ():
         if name == f"{align}/pose" and align == "alignments3D":
             # pose goes through Euler angles: same rotation, float32 precision
@@ -194,7 +223,7 @@ def test_real_cs_files(name: str, tmp_path: Path) -> None:
         np.testing.assert_allclose(
             m, np.swapaxes(rotvec_to_matrix(a["alignments3D/pose"].astype(float)), 1, 2), atol=1e-12)
     back = read_cs(write_cs(tmp_path / "rt.cs", table_to_cs(t)))
-    assert set(back.dtype.names or ()) == set(a.dtype.names or ())
+    _assert_fields_kept_plus_cryosparc_defaults(a, back)
     for field in a.dtype.names or ():
         if field == "alignments3D/pose":
             d = angular_distance_deg(rotvec_to_matrix(back[field].astype(float)),

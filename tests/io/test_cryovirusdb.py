@@ -72,7 +72,7 @@ def test_real_truth_csv_uses_the_coordinates_flip_rule(tmp_path: Path) -> None:
 @pytest.mark.shared_data
 def test_read_particles_dispatches_csv_and_converts_to_star(tmp_path: Path) -> None:
     path = require_shared_data(*TRUTH)
-    with pytest.raises(InputError, match="micrograph_shape"):
+    with pytest.raises(InputError, match="micrograph shape"):
         read_particles(path)
     ps = read_particles(path, micrograph_shape=SHAPE)
     assert ps.source_format == "cryovirusdb"
@@ -123,7 +123,7 @@ def test_text_optics_group_and_unknown_columns(tmp_path: Path) -> None:
         ("Micrographs Filename,Y-Coordinate\nm,1\n", "lacks X-Coordinate"),
         ("X-Coordinate,Y-Coordinate,Defocus U\n1,2,abc\n", "line 2: Defocus U value 'abc'"),
         ("X-Coordinate,X-Coordinate,Y-Coordinate\n1,2,3\n", "repeats"),
-        ("X-Coordinate,Y-Coordinate\n1,2\n", "micrograph_shape"),
+        ("X-Coordinate,Y-Coordinate\n1,2\n", "micrograph shape"),
         ("X-Coordinate,Y-Coordinate\n1,5000\n", "outside"),
     ],
 )
@@ -137,7 +137,7 @@ def test_bad_csv_raises_naming_the_problem(tmp_path: Path, text: str, needle: st
 
 
 def test_writer_needs_shape_or_no_flip(tmp_path: Path, rng: np.random.Generator) -> None:
-    with pytest.raises(InputError, match="micrograph_shape"):
+    with pytest.raises(InputError, match="micrograph shape"):
         write_cryovirusdb(tmp_path / "a.csv", _table(2, rng))
     with pytest.raises(InputError, match="x_px"):
         write_cryovirusdb(tmp_path / "a.csv", pd.DataFrame({"y_px": [1.0]}), flip_y=False)

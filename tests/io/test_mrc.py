@@ -160,6 +160,99 @@ def test_permuted_axis_order_is_transposed_to_zyx(tmp_path: Path, rng: np.random
     np.testing.assert_allclose(copy.origin_a, m.origin_a, rtol=1e-6)
 
 
+_AXIS_ORDERS = [(1, 2, 3), (1, 3, 2), (2, 1, 3), (2, 3, 1), (3, 1, 2), (3, 2, 1)]
+
+
+def _write_permuted(path: Path, truth_zyx: np.ndarray, voxel_zyx: tuple[float, float, float],
+                    start_zyx: tuple[int, int, int], axes: tuple[int, int, int], *, ispg: int = 4,
+                    extended: bytes = b"") -> Path:
+    """Store ``truth_zyx`` with MAPC/MAPR/MAPS = ``axes`` the way a crystallographic program
+    does: sections/rows/columns are the axes ``maps/mapr/mapc``, MX/MY/MZ and CELLA stay
+    X/Y/Z, NXSTART/NYSTART/NZSTART are the column/row/section starts."""
+    mapc, mapr, maps = axes
+    zyx_axis = {3: 0, 2: 1, 1: 2}  # MRC axis number → numpy axis of (z, y, x)
+    stored = np.ascontiguousarray(np.transpose(truth_zyx, (zyx_axis[maps], zyx_axis[mapr], zyx_axis[mapc])))
+    nz, ny, nx = truth_zyx.shape
+    vz, vy, vx = voxel_zyx
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(stored)
+        if extended:
+            mrc.set_extended_header(np.frombuffer(extended, dtype="V1"))
+            mrc.header.exttyp = b"CCP4"
+        h = mrc.header
+        h.ispg = ispg
+        h.mapc, h.mapr, h.maps = mapc, mapr, maps
+        h.mx, h.my, h.mz = nx, ny, nz
+        h.cella = (vx * nx, vy * ny, vz * nz)
+        start_xyz = {1: start_zyx[2], 2: start_zyx[1], 3: start_zyx[0]}
+        h.nxstart, h.nystart, h.nzstart = start_xyz[mapc], start_xyz[mapr], start_xyz[maps]
+    return path
+
+
+@pytest.mark.parametrize("axes", _AXIS_ORDERS, ids=[f"{a}{b}{c}" for a, b, c in _AXIS_ORDERS])
+def test_every_axis_order_loads_the_same_zyx_map_voxels_and_origin(
+    tmp_path: Path, rng: np.random.Generator, axes: tuple[int, int, int]
+) -> None:
+    """Issue #16: a deposited MicroED map (space group 4, MAPC/MAPR/MAPS = 3,1,2, an extended
+    header, anisotropic voxels) must load; the same density stored with each of the 6 axis
+    orders gives the identical (z, y, x) array, voxel size, origin and shape, through
+    read_map, read_header and read_stack (a volume, so the order is allowed there too)."""
+    truth = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    voxel, start = (1.5, 1.2, 0.9), (-3, 2, 5)
+    path = _write_permuted(tmp_path / "m.map", truth, voxel, start, axes,
+                           extended=bytes(range(80)) * 2)
+    m = read_map(path)
+    np.testing.assert_array_equal(m.data, truth)
+    np.testing.assert_allclose(m.voxel_size_a, voxel, rtol=1e-6)
+    np.testing.assert_allclose(m.origin_a, np.multiply(start, voxel), rtol=1e-6)
+    h = read_header(path)
+    assert h["shape_zyx"] == truth.shape and h["ispg"] == 4 and h["nsymbt"] == 160
+    np.testing.assert_allclose(h["origin_a"], m.origin_a)
+    s = read_stack(path)
+    np.testing.assert_array_equal(np.asarray(s.data, np.float32), truth)
+
+
+def test_permuted_image_stack_is_refused_but_a_permuted_volume_is_not(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Only an image stack (ISPG 0) must be stored (1, 2, 3): its first axis is the image index."""
+    truth = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    stack = _write_permuted(tmp_path / "s.mrcs", truth, (1.0, 1.0, 1.0), (0, 0, 0), (3, 1, 2), ispg=0)
+    with pytest.raises(InputError, match=r"image stack \(ISPG 0\) must be stored with axis order"):
+        read_stack(stack)
+    volume = _write_permuted(tmp_path / "v.mrc", truth, (1.0, 1.0, 1.0), (0, 0, 0), (3, 1, 2), ispg=1)
+    assert read_stack(volume).shape == truth.shape
+
+
+def test_data_block_larger_than_the_header_implies_is_refused(tmp_path: Path, good_map: Path) -> None:
+    """Issue #16: a map whose header says 16-bit integers over a float32 data block is INVALID
+    for validate and must not be read as garbage: strict readers refuse it, naming the sizes;
+    permissive ones read the leading bytes and say so."""
+    path = tmp_path / "mode1.mrc"
+    path.write_bytes(good_map.read_bytes())
+    _patch(path, OFF_MODE, struct.pack("<i", 1))
+    assert any("file is 2368 bytes but the header implies 1696" in q for q in validate_mrc(path))
+    for reader in (read_map, read_stack):
+        with pytest.raises(InputError, match=r"holds 1344 bytes but the header \(mode 1, 8×7×6\) implies 672"):
+            reader(path)  # type: ignore[operator]
+    m = read_map(path, permissive=True)
+    assert m.data.shape == (6, 7, 8)
+    assert any("672 extra bytes" in w for w in m.header["warnings"])
+
+
+def test_nan_voxels_are_refused_strictly_and_kept_permissively(tmp_path: Path) -> None:
+    path = tmp_path / "somenan.mrc"
+    data = np.ones((2, 3, 4), np.float32)
+    data[1, 2, 3] = np.nan
+    data[0, 0, 0] = np.inf
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ones((2, 3, 4), np.float32))
+        mrc.data[...] = data
+        mrc.voxel_size = 1.0
+    with pytest.raises(InputError, match="2 of 24 voxels are NaN or infinite"):
+        read_map(path)
+    m = read_map(path, permissive=True)
+    assert int(np.isnan(m.data).sum()) == 1 and any("2 of 24" in w for w in m.header["warnings"])
+
+
 def test_origin_field_wins_over_nstart_and_nstart_used_when_origin_zero(tmp_path: Path) -> None:
     path = tmp_path / "o.mrc"
     with mrcfile.new(path) as mrc:

@@ -126,7 +126,19 @@ def test_star30_to_31_to_30_round_trip(name: str, tmp_path: Path) -> None:
         p31.table[p30.table.columns], p30.table, check_dtype=False, check_exact=True)
     p31.extra = p30.extra  # the original layout (block name, column order)
     s30 = write_particles(tmp_path / "x30.star", p31, star_version="3.0")
-    _assert_same_values(read_star(path), read_star(s30))
+    _assert_same_values(_as_relion_reads_stacks(read_star(path)), read_star(s30))
+
+
+def _as_relion_reads_stacks(blocks: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """``N@x.mrc`` → ``N@x.mrc:mrcs``: the only change our writer makes (RELION 3.1 refuses the former)."""
+    out = {}
+    for name, df in blocks.items():
+        df = df.copy()
+        if "rlnImageName" in df.columns:
+            df["rlnImageName"] = [v + ":mrcs" if "@" in v and v.endswith(".mrc") else v
+                                  for v in df["rlnImageName"].astype(str)]
+        out[name] = df
+    return out
 
 
 @pytest.mark.shared_data
@@ -346,3 +358,99 @@ def test_provenance_is_embedded_in_star_and_beside_cs(tmp_path: Path) -> None:
     assert read_particles(star).table["rot_deg"].tolist() == [10.0]
     cs = write_particles(tmp_path / "p.cs", t, provenance=record)
     assert read_provenance(cs)["command"] == "test convert"
+
+
+def _flag_table(flags: list[int], groups: list[int]) -> pd.DataFrame:
+    n = len(flags)
+    return pd.DataFrame({"image_index": np.arange(n), "image_path": ["Extract/job001/a.mrcs"] * n,
+                         "pixel_size_a": 1.5, "image_size_px": 64, "voltage_kv": 300.0, "cs_mm": 2.7,
+                         "amplitude_contrast": 0.1, "defocus_u_a": np.linspace(9000, 20000, n),
+                         "defocus_v_a": np.linspace(8500, 19000, n), "defocus_angle_deg": 12.5,
+                         "optics_group": groups, "ctf_phase_flipped": flags})
+
+
+def test_phase_flip_flag_survives_star31_star30_and_cs(tmp_path: Path) -> None:
+    """``ctf_phase_flipped`` is RELION's ``rlnCtfDataArePhaseFlipped``: in the optics block of a
+    3.1 file (per group), per particle in a 3.0 file, ``cryoset/ctf_phase_flipped`` (uint8) in a
+    ``.cs`` file; it survives every round trip, also chained."""
+    t = _flag_table([1, 1, 1, 0, 0], [1, 1, 1, 2, 2])
+    s31 = write_particles(tmp_path / "a.star", t)
+    blocks = read_star(s31)
+    assert blocks["optics"]["rlnCtfDataArePhaseFlipped"].tolist() == [1, 0]
+    assert "rlnCtfDataArePhaseFlipped" not in blocks["particles"].columns
+    s30 = write_particles(tmp_path / "b.star", t, star_version="3.0")
+    assert read_star(s30)[""]["rlnCtfDataArePhaseFlipped"].tolist() == [1, 1, 1, 0, 0]
+    cs = write_particles(tmp_path / "c.cs", t)
+    arr = read_cs(cs)
+    assert arr["cryoset/ctf_phase_flipped"].dtype == np.uint8
+    assert arr["cryoset/ctf_phase_flipped"].tolist() == [1, 1, 1, 0, 0]
+    for path in (s31, s30, cs):
+        assert read_particles(path).table["ctf_phase_flipped"].tolist() == [1, 1, 1, 0, 0], path
+    # chained: 3.1 → .cs → 3.0 → 3.1 (3.0 has no optics groups: they are rebuilt, the flag one of
+    # the keys, so it goes back to data_optics)
+    chain = read_particles(s31)
+    for name, version in (("d.cs", "3.1"), ("e.star", "3.0"), ("f.star", "3.1")):
+        chain = read_particles(write_particles(tmp_path / name, chain.table, star_version=version))  # type: ignore[arg-type]
+    assert chain.table["ctf_phase_flipped"].tolist() == [1, 1, 1, 0, 0]
+    assert read_star(tmp_path / "f.star")["optics"]["rlnCtfDataArePhaseFlipped"].tolist() == [1, 0]
+    # a flag is 0 or 1
+    bad = write_star(tmp_path / "g.star", {"": pd.DataFrame(
+        {"rlnImageName": ["1@a.mrcs"], "rlnCtfDataArePhaseFlipped": [2]})})
+    with pytest.raises(InputError, match=r"ctf_phase_flipped.*only 0 and 1"):
+        read_particles(bad)
+
+
+def test_mrc_stacks_are_named_as_relion_reads_them(tmp_path: Path) -> None:
+    """RELION 3.1 refuses ``N@x.mrc`` (".mrc extensions are reserved for 3D maps") and reads
+    ``N@x.mrc:mrcs``: the writer adds the type, the reader drops it (the table holds file names)."""
+    t = pd.DataFrame({"image_index": [0, 1], "image_path": ["J19/extract/a_particles.mrc", "b.mrcs"],
+                      "pixel_size_a": 2.0})
+    star = write_particles(tmp_path / "p.star", t)
+    assert read_star(star)["particles"]["rlnImageName"].tolist() == [
+        "000001@J19/extract/a_particles.mrc:mrcs", "000002@b.mrcs"]
+    assert read_particles(star).table["image_path"].tolist() == t["image_path"].tolist()
+    cs = read_cs(write_particles(tmp_path / "p.cs", read_particles(star).table))
+    assert [v.decode() for v in cs["blob/path"]] == t["image_path"].tolist()
+
+
+def test_image_names_are_project_relative_and_resolved_like_relion(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryoset.io.particles import image_path_candidates, relion_path, resolve_image_path
+
+    project = tmp_path / "project"
+    (project / "Extract" / "job001").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    star = project / "Extract" / "job001" / "particles.star"
+    stack = project / "Extract" / "job001" / "a.mrcs"
+    stack.write_bytes(b"")
+    assert relion_path(stack, star) == "Extract/job001/a.mrcs"
+    assert relion_path(stack, star, "star") == "a.mrcs"
+    outside = tmp_path / "elsewhere" / "b.mrcs"
+    assert relion_path(outside, star) == outside.resolve().as_posix()
+    # RELION's rule first (the current directory), then the STAR file's folder
+    assert image_path_candidates("Extract/job001/a.mrcs", star)[0] == project / "Extract/job001/a.mrcs"
+    assert resolve_image_path("Extract/job001/a.mrcs", star) == project / "Extract/job001/a.mrcs"
+    assert resolve_image_path("a.mrcs", star) == stack
+    with pytest.raises(InputError, match=r"image stack c\.mrcs not found") as info:
+        resolve_image_path("c.mrcs", star)
+    assert info.value.path == str(star)
+
+
+@pytest.mark.shared_data
+def test_cs_output_has_every_field_cryosparc_writes() -> None:
+    """A ``.cs`` written from a RELION table has every field of the shared cryoSPARC files (3D:
+    P12_J24, 2D: J2), with the same dtypes (text fields may differ in width)."""
+    from cryoset.io.particles import table_to_cs
+
+    t = read_particles(require_shared_data("star", "relion", "relion31.6opticsgroups.star")).table
+    for name, table in (("cryosparc_P12_J24_001_particles.cs", t),
+                        ("cryosparc_J2_particles_exported.cs", t.drop(columns=["rot_deg", "tilt_deg"]))):
+        real = read_cs(require_shared_data("star", "cryosparc", name))
+        ours = table_to_cs(table)
+        missing = set(real.dtype.names or ()) - set(ours.dtype.names or ())
+        assert not missing, (name, sorted(missing))
+        for field in real.dtype.names or ():
+            want, got = real.dtype[field], ours.dtype[field]
+            assert (want.kind == got.kind == "S") or want == got, (name, field, want, got)
+    ours = table_to_cs(t)
+    assert set(ours["blob/sign"].tolist()) == {-1.0} and set(ours["ctf/type"].tolist()) == {b"imported"}

@@ -210,3 +210,39 @@ def test_missing_directory_and_permissive_empty(tmp_path: Path) -> None:
     p.write_text("END\n")
     m = read_structure(p, permissive=True)
     assert len(m.atoms) == 0 and m.chains() == [] and m.ca_positions().shape == (0, 3)
+
+
+_ATOM = "ATOM  {n:5d}  CA  ALA A{n:4d}    {x:>8s}{y:>8s}{z:>8s}  1.00  0.00           C\n"
+
+
+def test_non_numeric_pdb_coordinates_are_refused_not_read_as_zero(tmp_path: Path) -> None:
+    """Issue #16: gemmi reads ``abc.def`` in a PDB coordinate column as 0.000; the reader
+    must refuse the file, naming the line, instead of putting the atom at the origin."""
+    p = tmp_path / "garbage.pdb"
+    p.write_text(_ATOM.format(n=1, x="1.000", y="2.000", z="3.000")
+                 + _ATOM.format(n=2, x="4.000", y="abc.def", z="6.000") + "END\n")
+    with pytest.raises(InputError, match=r"line 2: the y coordinate 'abc.def' .*is not a number"):
+        read_structure(p)
+    import gzip
+
+    gz = tmp_path / "garbage.pdb.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    with pytest.raises(InputError, match="line 2"):
+        read_structure(gz)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_nan_coordinates_are_refused_naming_the_atom(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "nan.pdb"
+    p.write_text(_ATOM.format(n=1, x="1.000", y="2.000", z="3.000")
+                 + _ATOM.format(n=2, x=value, y="5.000", z="6.000") + "END\n")
+    with pytest.raises(InputError, match=r"1 atom\(s\) have NaN.*first: CA of ALA A2"):
+        read_structure(p)
+
+
+def test_gemmi_multi_line_messages_become_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "cut.pdb"
+    p.write_text(_ATOM.format(n=1, x="1.000", y="2.000", z="3.000")[:45])
+    with pytest.raises(InputError) as info:
+        read_structure(p)
+    assert len(str(info.value).splitlines()) == 1 and "too short" in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,10 @@ from cryoset.learn.particles import (
     Resize,
     StoreParticleDataset,
     StoreParticleStream,
+    batches_per_rank,
     decode_batch,
-    shard_units,
+    reader_span,
+    samples_per_rank,
 )
 from cryoset.store.dataset import ParticleStore
 
@@ -41,22 +45,49 @@ def _uids(loader: DataLoader) -> list[int]:  # type: ignore[type-arg]
     return out
 
 
-def test_shard_units_partition() -> None:
-    seen = np.concatenate([shard_units(23, r, 3, w, 2) for r in range(3) for w in range(2)])
-    assert sorted(seen.tolist()) == list(range(23))
+@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_reader_spans_partition_equal_rank_spans(batch_size: int | None, drop_last: bool) -> None:
+    for n in (0, 1, 5, 23, 64):
+        for world in (1, 2, 3):
+            per_rank = samples_per_rank(n, world, drop_last)
+            assert per_rank == (n // world if drop_last else -(-n // world))
+            for rank in range(world):
+                for workers in (1, 2, 3, 5):
+                    spans = [reader_span(n, rank=rank, world_size=world, worker=w, num_workers=workers,
+                                         batch_size=batch_size, drop_last=drop_last) for w in range(workers)]
+                    # the workers' spans tile the rank's span, in order, each on batch boundaries
+                    assert spans[0][0] == rank * per_rank
+                    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+                    assert all(lo <= hi for lo, hi in spans)
+                    used = spans[-1][1] - spans[0][0]
+                    if batch_size is None:
+                        assert used == per_rank
+                    else:
+                        assert all((lo - rank * per_rank) % batch_size == 0 for lo, _ in spans)
+                        k = batches_per_rank(n, world, batch_size, drop_last)
+                        assert used == (k * batch_size if drop_last else per_rank)
     with pytest.raises(ValueError, match="rank"):
-        shard_units(5, 3, 3, 0, 1)
+        reader_span(5, rank=3, world_size=3)
 
 
 def test_each_particle_once_per_epoch_across_workers_and_ranks(store: ParticleStore) -> None:
     sel = store.select("SELECT * FROM particles WHERE particle_index % 3 != 1")
-    everyone: list[int] = []
-    for rank in range(2):
-        stream = StoreParticleStream(store, sel, columns=["uid"], seed=7, rank=rank, world_size=2)
-        loader = DataLoader(stream, batch_size=4, num_workers=2)
-        everyone += _uids(loader)
-    assert sorted(everyone) == sorted(sel.table["uid"].tolist())
-    assert len(everyone) == len(set(everyone))
+    n = len(sel)
+    assert n % 2 == 1  # uneven over 2 ranks
+    for drop_last in (False, True):
+        per_rank: list[list[int]] = []
+        for rank in range(2):
+            stream = StoreParticleStream(store, sel, columns=["uid"], seed=7, rank=rank, world_size=2,
+                                         drop_last=drop_last)
+            per_rank.append(_uids(DataLoader(stream, batch_size=4, num_workers=2)))
+        assert len(per_rank[0]) == len(per_rank[1]) == samples_per_rank(n, 2, drop_last)
+        counts = Counter(per_rank[0] + per_rank[1])
+        if drop_last:  # the epoch's last particle is dropped, no other is repeated or lost
+            assert max(counts.values()) == 1 and len(counts) == n - 1
+        else:  # every particle, and the epoch's first one once more (padding)
+            assert set(counts) == set(sel.table["uid"].tolist()) and sum(counts.values()) == n + 1
+            assert sorted(counts.values()) == [1] * (n - 1) + [2]
 
 
 def test_chunk_aware_shuffle_is_seeded_and_changes_per_epoch(store: ParticleStore) -> None:
@@ -94,9 +125,8 @@ def test_transforms(store: ParticleStore) -> None:
     img2 = Normalize(radius_fraction=0.8)(torch.randn(1, 32, 32) * 3 + 2)
     assert img2.shape == (1, 32, 32)
     assert Resize(24)(torch.ones(1, 12, 12)).shape == (1, 24, 24)
-    g = torch.Generator().manual_seed(0)
     x = torch.arange(16.0).reshape(1, 4, 4)
-    y = RandomAugment(g)(x)
+    y = RandomAugment(seed=0)(x)
     assert sorted(y.flatten().tolist()) == sorted(x.flatten().tolist())
 
 
@@ -104,16 +134,23 @@ def test_batched_stream_same_particles(store: ParticleStore) -> None:
     sel = store.select()
     everyone: list[int] = []
     sizes: list[int] = []
-    for rank in range(2):
-        stream = StoreParticleStream(store, sel, columns=["uid", "particle_index"], seed=5, rank=rank,
-                                     world_size=2, batch_size=16)
-        for images, ann in DataLoader(stream, batch_size=None, num_workers=2):
-            assert images.shape[1:] == (1, 12, 12)
-            np.testing.assert_allclose(images.mean(dim=(1, 2, 3)).numpy(), ann["particle_index"].numpy(), atol=0.05)
-            everyone += ann["uid"].tolist()
-            sizes.append(len(images))
-    assert sorted(everyone) == sorted(sel.table["uid"].tolist())
-    assert sum(s < 16 for s in sizes) <= 4  # only each reader's last batch may be short
+    for drop_last in (False, True):
+        everyone.clear()
+        sizes.clear()
+        for rank in range(2):
+            stream = StoreParticleStream(store, sel, columns=["uid", "particle_index"], seed=5, rank=rank,
+                                         world_size=2, batch_size=16, drop_last=drop_last)
+            for images, ann in DataLoader(stream, batch_size=None, num_workers=2):
+                assert images.shape[1:] == (1, 12, 12)
+                np.testing.assert_allclose(images.mean(dim=(1, 2, 3)).numpy(), ann["particle_index"].numpy(),
+                                           atol=0.05)
+                everyone += ann["uid"].tolist()
+                sizes.append(len(images))
+        if drop_last:  # 91 over 2 ranks: 45 each, 2 full batches, no repeat
+            assert len(everyone) == len(set(everyone)) == 2 * 32 and sizes == [16] * 4
+        else:  # 46 each (one repeated): 16 + 16 + 14 per rank, every particle
+            assert set(everyone) == set(sel.table["uid"].tolist()) and len(everyone) == 92
+            assert sorted(sizes) == [14, 14, 16, 16, 16, 16]
 
 
 def test_prefetch_changes_nothing_but_speed(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -195,7 +232,7 @@ def test_chunk_batch_sampler_reads_each_chunk_once_per_batch(store: ParticleStor
     assert list(sampler) != batches
     chunks_per_batch = [len({(sel.table["experiment_id"][r], sel.table["particle_index"][r] // 10) for r in b})
                         for b in batches]
-    assert max(chunks_per_batch) <= 3  # a buffer's 2 chunks plus the carried remainder
+    assert max(chunks_per_batch) <= 4  # a batch spans at most two buffers of 2 chunks
     reads: list[int] = []
     original = store.read_stored
     monkeypatch.setattr(store, "read_stored", lambda e, i, out=None: (reads.append(1), original(e, i, out))[1])
@@ -217,3 +254,94 @@ def test_map_dataset_chunk_cache(store: ParticleStore, monkeypatch: pytest.Monke
     assert all(torch.equal(a, b) for a, b in zip(images, [ds[i][0] for i in range(len(ds))], strict=True))
     with pytest.raises(ValueError, match="cache_chunks"):
         StoreParticleDataset(store, store.select(), cache_chunks=-1)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_len_counts_the_batches_yielded_and_every_rank_gets_as_many(store: ParticleStore, drop_last: bool) -> None:
+    sel = store.select("SELECT * FROM particles WHERE particle_index % 5 != 3")  # 73 particles, 3 ranks
+    n, world, bs = len(sel), 3, 8
+    counts = []
+    for rank in range(world):
+        batches_by_workers = []
+        for workers in (0, 2):
+            stream = StoreParticleStream(store, sel, columns=["uid"], seed=11, rank=rank, world_size=world,
+                                         batch_size=bs, drop_last=drop_last)
+            loader = DataLoader(stream, batch_size=None, num_workers=workers)
+            batches = [tuple(ann["uid"].tolist()) for _img, ann in loader]
+            assert len(loader) == len(stream) == len(batches)
+            assert sum(map(len, batches)) == samples_per_rank(n, world, drop_last) - (
+                samples_per_rank(n, world, drop_last) % bs if drop_last else 0)
+            batches_by_workers.append(sorted(batches))
+            counts.append(len(batches))
+        assert batches_by_workers[0] == batches_by_workers[1]  # the rank's batches, whoever reads them
+        # per-particle mode: len is the rank's particle count
+        single = StoreParticleStream(store, sel, columns=["uid"], seed=11, rank=rank, world_size=world,
+                                     drop_last=drop_last)
+        assert len(single) == len(_uids(DataLoader(single, batch_size=None, num_workers=2)))
+    assert len(set(counts)) == 1 and counts[0] == batches_per_rank(n, world, bs, drop_last)
+
+
+def test_chunk_batch_sampler_gives_every_rank_as_many_batches(store: ParticleStore) -> None:
+    ds = StoreParticleDataset(store, store.select(), columns=["uid"])  # 91 rows
+    for drop_last in (False, True):
+        per_rank = [list(ChunkBatchSampler(ds, 8, seed=2, rank=r, world_size=4, drop_last=drop_last))
+                    for r in range(4)]
+        lengths = [len(ChunkBatchSampler(ds, 8, seed=2, rank=r, world_size=4, drop_last=drop_last))
+                   for r in range(4)]
+        assert lengths == [len(b) for b in per_rank] == [2 if drop_last else 3] * 4
+        rows = Counter(r for batches in per_rank for b in batches for r in b)
+        if drop_last:  # 22 rows per rank: 2 full batches of 8 (the short one dropped), nothing repeated
+            assert all(len(b) == 8 for batches in per_rank for b in batches) and max(rows.values()) == 1
+        else:  # 23 rows per rank (one padded), every row
+            assert set(rows) == set(range(91)) and sum(rows.values()) == 92
+
+
+def test_random_augment_is_seeded_per_epoch_worker_and_rank(tmp_path: Path) -> None:
+    # every particle is the same asymmetric image, so each output tells which of the 8 moves was drawn
+    pattern = torch.arange(64.0).reshape(1, 8, 8)
+    moves = [torch.flip(torch.rot90(pattern, k, dims=(-2, -1)), dims=(-1,)) if f else
+             torch.rot90(pattern, k, dims=(-2, -1)) for k in range(4) for f in (0, 1)]
+    s = ParticleStore.create(tmp_path / "same", encoding="float16", chunk_particles=8)
+    s.add_experiment("E", np.broadcast_to(pattern[0].numpy(), (32, 8, 8)).copy(), pd.DataFrame({"uid": np.arange(32)}))
+    sel = s.select()
+
+    def drawn(stream: StoreParticleStream, workers: int) -> list[list[int]]:
+        """The moves of each batch, in the loader's order."""
+        out = []
+        for images, _ann in DataLoader(stream, batch_size=None, num_workers=workers):
+            out.append([next(i for i, m in enumerate(moves) if torch.equal(img, m)) for img in images])
+        return out
+
+    def stream(rank: int = 0, world: int = 1) -> StoreParticleStream:
+        return StoreParticleStream(s, sel, transform=RandomAugment(seed=3), columns=["uid"], seed=1, batch_size=4,
+                                   rank=rank, world_size=world)
+
+    st = stream()
+    epoch0 = drawn(st, 2)
+    assert len(epoch0) == 8
+    # in-order loading alternates the two workers' batches (4 each): their draws differ
+    worker0, worker1 = epoch0[0::2], epoch0[1::2]
+    assert worker0 != worker1
+    assert drawn(st, 2) == epoch0  # the same (seed, epoch) again: the same draws
+    assert drawn(stream(), 2) == epoch0  # from a new object, too
+    st.set_epoch(1)
+    epoch1 = drawn(st, 2)
+    assert epoch1 != epoch0 and epoch1[0::2] != epoch0[0::2]  # a new epoch draws anew in each worker
+    st.set_epoch(0)
+    assert drawn(st, 2) == epoch0
+    # without workers: reproducible per epoch as well, and another rank draws otherwise
+    assert drawn(stream(), 0) == drawn(stream(), 0)
+    assert drawn(stream(0, 2), 0) != drawn(stream(1, 2), 0)
+    # map-style: DataLoader workers draw differently; set_epoch changes the draws
+    ds = StoreParticleDataset(s, sel, transform=RandomAugment(seed=3), columns=["uid"])
+
+    def drawn_map() -> list[list[int]]:
+        return [[next(i for i, m in enumerate(moves) if torch.equal(img, m)) for img in images]
+                for images, _ann in DataLoader(ds, batch_size=4, num_workers=2)]
+
+    first = drawn_map()
+    assert first[0::2] != first[1::2] and drawn_map() == first
+    ds.set_epoch(1)
+    assert drawn_map() != first
+    with pytest.raises(ValueError, match="seed"):
+        RandomAugment(seed=-1)

@@ -197,3 +197,66 @@ def test_map_without_positive_density_is_an_input_error(tmp_path: Path) -> None:
     path = write_map(tmp_path / "neg.mrc", -np.ones((8, 8, 8), np.float32), 1.0)
     with pytest.raises(InputError, match="no positive value"):
         prepare_map(path, tmp_path / "out", options=PrepareOptions(subgrids=False))
+
+
+def _pickle_payload_store(path: Path, marker: Path) -> Path:
+    """A Zarr v2 sub-grid store whose density array declares the pickle filter; its one chunk
+    is a pickle that creates ``marker`` when unpickled."""
+    import pickle
+
+    class _Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    path.mkdir()
+    (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (path / ".zattrs").write_text(json.dumps({"map_shape": [8, 8, 8], "box": 8, "overlap": 2}))
+    (path / "density").mkdir()
+    (path / "density" / ".zarray").write_text(json.dumps({
+        "shape": [1, 8, 8, 8], "chunks": [1, 8, 8, 8], "dtype": "<f4", "fill_value": 0.0, "order": "C",
+        "filters": [{"id": "pickle", "protocol": 5}], "compressor": None, "dimension_separator": ".",
+        "zarr_format": 2}))
+    (path / "density" / "0.0.0.0").write_bytes(pickle.dumps(_Payload()))
+    return path
+
+
+def test_a_store_with_an_unpickling_codec_is_refused_before_any_chunk_is_read(tmp_path: Path) -> None:
+    """Issue #16: ``map stitch`` on a pickle-codec Zarr (reading it could run code)."""
+    marker = tmp_path / "pwned"
+    store = _pickle_payload_store(tmp_path / "evil.zarr", marker)
+    with pytest.raises(InputError, match=r"density/\.zarray: declares the codec 'pickle', which unpickles"):
+        stitch_zarr(store, "density")
+    assert not marker.exists()
+
+
+def test_nan_or_corrupt_subgrids_are_input_errors(tmp_path: Path) -> None:
+    vol = np.full((12, 12, 12), np.nan, np.float32)
+    write_subgrids(tmp_path / "nan.zarr", {"density": vol}, box=8, overlap=2)
+    with pytest.raises(InputError, match=r"array .density. holds \d+ NaN or infinite values"):
+        read_subgrids(tmp_path / "nan.zarr")
+    write_subgrids(tmp_path / "cut.zarr", {"density": np.ones((12, 12, 12), np.float32)}, box=8, overlap=2)
+    chunk = next(p for p in sorted((tmp_path / "cut.zarr" / "density").rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    with pytest.raises(InputError, match="a chunk is truncated or corrupt"):
+        read_subgrids(tmp_path / "cut.zarr")
+
+
+def test_prepare_checks_everything_before_writing_and_keeps_other_files(tmp_path: Path) -> None:
+    """Issue #16: map prepare wrote into --out before reading the model; now it writes into a
+    temporary folder, moved into --out only when complete (other files there are kept)."""
+    from cryoset.io.mrc import write_map
+
+    zz = np.mgrid[:12, :12, :12][0]
+    write_map(tmp_path / "m.mrc", (1.0 + zz).astype(np.float32), 2.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    bad = tmp_path / "far.pdb"
+    bad.write_text("ATOM      1  CA  GLY A   1     500.000 500.000 500.000  1.00  0.00           C\nEND\n")
+    with pytest.raises(InputError, match="none of the 1 backbone atoms"):
+        prepare_map(tmp_path / "m.mrc", out, bad, options=PrepareOptions(box=8, overlap=2))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["far.pdb", "m.mrc", "out"]
+    prepare_map(tmp_path / "m.mrc", out, None, options=PrepareOptions(box=8, overlap=2))
+    assert {"notes.txt", NORMALISED_NAME, "subgrids.zarr", "labels_report.json"} <= {p.name for p in out.iterdir()}

@@ -128,3 +128,21 @@ def test_nucleic_acid_only_model_gives_empty_labels() -> None:
     lab = label_maps(atoms, (8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     assert lab.report["n_ca"] == 0 and lab.collisions.empty
     assert not any(v.any() for v in lab.volumes().values())
+
+
+def test_some_atoms_outside_are_a_warning_with_the_count() -> None:
+    atoms = _atoms(_residue(1, "GLY", (-2.0, 2.0, 2.0)) + _residue(2, "GLY", (1.0, 2.0, 2.0)))
+    lab = label_maps(atoms, (6, 6, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert lab.report["warnings"] == [
+        "3 of 6 backbone atoms (Cα, N, C) lie outside the 6×6×6 map grid and are not labelled"]
+    inside = label_maps(_atoms(_residue(1, "GLY", (2.0, 2.0, 2.0))), (6, 6, 6), (1.0,) * 3, (0.0,) * 3)
+    assert inside.report["warnings"] == []
+
+
+def test_a_model_entirely_outside_the_map_is_refused_not_zero_labels() -> None:
+    """Issue #16: a model in another frame gave empty label maps and no word."""
+    from cryoset.errors import InputError
+
+    atoms = _atoms(_residue(1, "GLY", (50.0, 2.0, 2.0)) + _residue(2, "ALA", (54.0, 2.0, 2.0)))
+    with pytest.raises(InputError, match=r"^m\.pdb: none of the 6 backbone atoms .* inside the 6×6×6 map grid"):
+        label_maps(atoms, (6, 6, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), source="m.pdb")

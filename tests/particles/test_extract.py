@@ -106,3 +106,12 @@ def test_fourier_crop_preserves_mean_and_band_limited_signal() -> None:
     out = fourier_crop(img, (32, 32))
     want = np.cos(2 * np.pi * np.arange(32) / 8)[None, :] + 2.0
     np.testing.assert_allclose(out, np.broadcast_to(want, (32, 32)), atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
+def test_nonpositive_output_pixel_size_is_refused_not_ignored(rng: np.random.Generator, bad: float) -> None:
+    """Issue #16: ``--pixel-size-out -1`` silently extracted at the input pixel size."""
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    picks = pd.DataFrame({"x_px": [32.0], "y_px": [32.0]})
+    with pytest.raises(InputError, match="pixel_size_out_a: must be > 0"):
+        extract_particles(image, picks, 16, 2.0, pixel_size_out_a=bad)

@@ -118,3 +118,15 @@ def test_blob_picker_on_simulated_micrographs_with_carbon_and_mask() -> None:
     assert after.n_matched == before.n_matched  # the mask never removes a true particle
     assert after.precision >= 0.95  # measured 1.00 (0.65 before the mask)
     assert after.f1 >= 0.75  # measured 0.81: P 1.00, R 0.68 (seeds 3-8: F1 0.65-0.86, P 1.00)
+
+
+@pytest.mark.parametrize("all_nan", [True, False])
+def test_templates_with_nan_pixels_are_refused_naming_the_file(all_nan: bool) -> None:
+    """Issue #16: an all-NaN template stack gave NaN correlations (no picks, no error)."""
+    rng = np.random.default_rng(3)
+    templates = rng.normal(size=(3, 24, 24))
+    templates[:3 if all_nan else 1] = np.nan
+    image = rng.normal(size=(128, 128))
+    message = "every template holds" if all_nan else r"1 of 3 templates \(first: 0\) hold"
+    with pytest.raises(InputError, match=rf"^classes\.mrcs: {message} NaN or infinite pixels"):
+        pick_templates(image, 2.0, templates, 2.0, TemplateSettings(40.0), source="classes.mrcs")

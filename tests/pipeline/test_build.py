@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -30,7 +31,7 @@ CONFIG: dict[str, Any] = {
     ],
     "ctf": {"tile_px": 128, "max_resolution_a": 6.0},
     "pick": {"threshold": 3.5},
-    "extract": {"pixel_size_a": 3.0},
+    "extract": {"pixel_size_out_a": 3.0},
     "classify": {"n_classes": 2, "n_iter": 2, "psi_step_deg": 20, "offset_range_px": 2},
     "execution": {"workers": 2, "retries": 2},
 }
@@ -198,3 +199,96 @@ def test_local_experiment_without_micrographs_is_an_input_error(tmp_path: Path) 
         "cs_mm": 2.7}}]}
     with pytest.raises(InputError, match="experiment x: no micrograph matches the pattern"):
         run_build(config, tmp_path / "out", progress=False, workers=1)
+
+
+_BLOCKING_HOOK = '''
+import os
+import time
+from pathlib import Path
+
+
+def block(flag_dir: str, experiment_id: str, stage: str) -> None:
+    """Announce this pool worker, then stay busy (bounded) until someone kills it."""
+    Path(flag_dir, f"worker-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+'''
+
+_BLOCKED_BUILD = '''
+import contextlib
+import functools
+import sys
+
+sys.path.insert(0, sys.argv[1])
+import blocking_hook
+from cryoset.pipeline.build import run_build
+
+run_build(sys.argv[2], sys.argv[3], workers=1, progress=False,
+          before_stage=functools.partial(blocking_hook.block, sys.argv[1]))
+'''
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (no such process, or a zombie nobody reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_one_build_per_directory_and_workers_die_with_the_main_process(tmp_path: Path) -> None:
+    from cryoset.errors import InputError
+    from cryoset.io.atomic import exclusive_lock
+
+    (tmp_path / "blocking_hook.py").write_text(_BLOCKING_HOOK)
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    out = (tmp_path / "out").resolve()
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_BUILD, str(tmp_path), str(config), str(out)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("worker-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+        assert len(workers) == 1, "the first build's pool worker never started"
+        # a second build into the same directory fails at once, naming the directory and the holder
+        with pytest.raises(InputError, match=f"another build is running in this directory \\(pid {proc.pid} ") as info:
+            run_build(CONFIG, out, progress=False, workers=1)
+        assert info.value.path == str(out)
+        assert not (out / "work" / "sim-b").exists() and proc.poll() is None  # it touched nothing
+        # SIGKILL the main process alone: its pool worker must not live on
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while not _gone(workers[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(workers[0]), "the pool worker outlived the build's main process"
+        with exclusive_lock(out / ".build.lock", wait=False):  # nobody holds the build any more
+            pass
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+
+
+def _out_of_memory(folder: str, experiment_id: str, stage: str) -> None:
+    """A stage hook that records each call and then runs out of memory."""
+    calls = len(list(Path(folder).glob(f"{experiment_id}-*.call")))
+    (Path(folder) / f"{experiment_id}-{calls}.call").write_text(stage)
+    raise MemoryError
+
+
+def test_memory_error_is_one_input_error_and_never_retried(tmp_path: Path) -> None:
+    """Issue #16: a MemoryError in a worker was retried (execution.retries) times."""
+    from cryoset.errors import InputError
+
+    config = {**CONFIG, "experiments": CONFIG["experiments"][:1], "execution": {"workers": 1, "retries": 2}}
+    with pytest.raises(InputError, match=r"experiment sim-a: ran out of memory \(not retried\)"):
+        run_build(config, tmp_path / "b", progress=False,
+                  before_stage=functools.partial(_out_of_memory, str(tmp_path)))
+    assert [p.name for p in tmp_path.glob("*.call")] == ["sim-a-0.call"]

@@ -61,3 +61,27 @@ def test_bad_experiments(tmp_path: Path, experiments: str, message: str) -> None
 def test_not_yaml_mapping(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="must be a YAML mapping"):
         load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+_SIM = "experiments:\n  - id: sim\n    simulated: {{seed: 1, protein_length: 20, micrographs: 1{extra}}}\n"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (", size_px: 10000000", r"experiments\[0\].simulated.size_px: must be at most 8192, got 10000000"),
+    (", particles_per_micrograph: 100000000", r"particles_per_micrograph: must be at most 10000"),
+    (", pixel_size_a: .inf", r"pixel_size_a: must be a positive number, got inf"),
+    (", pixel_size_a: .nan", r"pixel_size_a: must be a positive number, got nan"),
+])
+def test_absurd_or_non_finite_sizes_are_refused_up_front(tmp_path: Path, extra: str, message: str) -> None:
+    """Issue #16: ``size_px: 10000000`` failed with a MemoryError in a worker, retried three times."""
+    p = tmp_path / "c.yaml"
+    p.write_text(_SIM.format(extra=extra))
+    with pytest.raises(InputError, match=message):
+        load_config(p)
+
+
+def test_a_binary_file_is_not_a_configuration(tmp_path: Path) -> None:
+    p = tmp_path / "image.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(InputError, match=r"image.png: is not a text file \(a build configuration is YAML\)"):
+        load_config(p)

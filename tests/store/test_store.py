@@ -72,7 +72,7 @@ def test_add_read_query(tmp_path: Path, rng: np.random.Generator, encoding: str)
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(tmp_path / "s" / "experiments" / "EXP-A" / "annotations.parquet").metadata
-    assert meta[b"cryoset_schema_version"] == b"1.0"
+    assert meta[b"cryoset_schema_version"] == b"1.1"
 
 
 def test_failed_append_is_invisible_and_others_untouched(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -202,7 +202,7 @@ def test_cli_store_and_query(tmp_path: Path, rng: np.random.Generator, run_cli) 
     n_sel = int((a["class_number"] == 1).sum())
     assert f"({n_sel} rows)" in out
     code, out, err = run_cli("store", "export", tmp_path / "s", "--format", "hdf5", "--out", tmp_path / "e.h5",
-                             "--selection", tmp_path / "sel.parquet", "--size", "16")
+                             "--selection", tmp_path / "sel.parquet", "--size-px", "16")
     assert code == 0, err
     assert (tmp_path / "e.h5.provenance.json").exists()
     code, out, err = run_cli("store", "create", tmp_path / "s2")
@@ -329,3 +329,107 @@ def test_corrupt_chunk_is_named(tmp_path: Path, rng: np.random.Generator, codec:
     chunk.write_bytes(chunk.read_bytes()[:-7])
     with pytest.raises(InputError, match=r"c/1/0/0"):
         s.read_stored("E", [5])
+
+
+_CONCURRENT_ADD = """
+import sys, time
+from pathlib import Path
+import numpy as np, pandas as pd
+from cryoset.errors import InputError
+from cryoset.store import ParticleStore
+
+root, k, replace = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+store = ParticleStore.open(root / "s")
+x = np.random.default_rng(k).standard_normal((30, 8, 8)).astype(np.float32) + 10 * k
+
+def barrier(n: int) -> None:  # after the first block: both writers are past every early check
+    (root / f"ready-{k}").touch()
+    deadline = time.monotonic() + 60
+    while not all((root / f"ready-{j}").exists() for j in (0, 1)):
+        if time.monotonic() > deadline:
+            raise SystemExit("the other writer never started")
+        time.sleep(0.01)
+
+try:
+    n = store.add_experiment("EXP", (x[i:i + 10] for i in range(0, 30, 10)),
+                             pd.DataFrame({"uid": np.arange(30) + 1000 * k}), progress=barrier, replace=replace)
+    print(f"added {n}")
+except InputError as exc:
+    print(f"error {exc}")
+"""
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_concurrent_adds_of_one_experiment_commit_exactly_once(tmp_path: Path, replace: bool) -> None:
+    import subprocess
+    import sys
+
+    ParticleStore.create(tmp_path / "s", chunk_particles=8)
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_ADD, str(tmp_path), str(k), str(int(replace))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _out, err in results]
+    lines = [out.strip() for out, _err in results]
+    store = ParticleStore.open(tmp_path / "s")
+    assert store.experiments() == ["EXP"]
+    winner = int(store.annotations("EXP")["uid"].iloc[0]) // 1000
+    assert store.annotations("EXP")["uid"].tolist() == [1000 * winner + i for i in range(30)]  # one writer's, whole
+    x = np.random.default_rng(winner).standard_normal((30, 8, 8)).astype(np.float32) + 10 * winner
+    assert np.abs(store.read_images("EXP", np.arange(30)) - x).max() < 0.1
+    if replace:  # serialised replacements: both succeed, the last one stays
+        assert lines == ["added 30", "added 30"]
+    else:  # the loser is told, naming the experiment; the winner's data are untouched
+        assert sorted(line.split()[0] for line in lines) == ["added", "error"]
+        loser = lines[1 - winner]
+        assert "'EXP' is already in the store" in loser and "another writer added it first" in loser
+        assert lines[winner] == "added 30"
+    assert sorted(p.name for p in (tmp_path / "s" / "experiments").iterdir()) == ["EXP"]  # nothing left over
+
+
+def test_replacing_an_experiment_is_explicit(tmp_path: Path, rng: np.random.Generator, run_cli) -> None:  # type: ignore[no-untyped-def]
+    store = ParticleStore.create(tmp_path / "s", chunk_particles=8)
+    x, a = _experiment(rng, 20, box=16)
+    store.add_experiment("EXP", x, a)
+    assert store.num_particles("EXP") == 20
+    with pytest.raises(InputError, match="'EXP' is already in the store"):
+        store.add_experiment("EXP", x[:5], a.iloc[:5])
+    assert store.add_experiment("EXP", x[:5], a.iloc[:5], replace=True) == 5
+    assert store.num_particles("EXP") == 5 and len(store.annotations("EXP")) == 5  # caches follow
+    assert ParticleStore.open(tmp_path / "s").experiments() == ["EXP"]
+    export_hdf5(store, store.select(), tmp_path / "e.h5", size=16)
+    code, out, err = run_cli("store", "add", tmp_path / "s", "--hdf5", tmp_path / "e.h5", "--experiment", "EXP")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "'EXP' is already in the store" in err
+    code, out, err = run_cli("store", "add", tmp_path / "s", "--hdf5", tmp_path / "e.h5", "--experiment", "EXP",
+                             "--replace")
+    assert code == 0, err
+    assert "EXP: 5 particles added" in out
+
+
+def test_phase_flip_flag_survives_the_store(tmp_path: Path, rng: np.random.Generator) -> None:
+    """``ctf_phase_flipped`` (schema 1.1) goes into the store, out to classification (|CTF|), out to
+    RELION (``rlnCtfDataArePhaseFlipped`` in data_optics) and back in."""
+    from cryoset.classify.data import ctf_images, load_store
+    from cryoset.io.star import read_star
+
+    store = ParticleStore.create(tmp_path / "s", encoding="float16", chunk_particles=8)
+    x1, a1 = _experiment(rng, 10, box=16)
+    x2, a2 = _experiment(rng, 6, box=16)
+    store.add_experiment("FLIPPED", x1, a1.assign(ctf_phase_flipped=1, cs_mm=2.7, amplitude_contrast=0.1))
+    store.add_experiment("RAW", x2, a2.assign(cs_mm=2.7, amplitude_contrast=0.1))  # no column: not flipped
+    assert store.annotations("FLIPPED")["ctf_phase_flipped"].tolist() == [1] * 10
+    data = load_store(tmp_path / "s", None)
+    flags = data.table["ctf_phase_flipped"].fillna(0).astype(int).to_numpy()
+    assert flags.tolist() == [1] * 10 + [0] * 6
+    ctf = ctf_images(data.table, 16, 1.5)
+    plain = ctf_images(data.table.assign(ctf_phase_flipped=0), 16, 1.5)
+    np.testing.assert_array_equal(ctf[:10], np.abs(plain[:10]))
+    np.testing.assert_array_equal(ctf[10:], plain[10:])
+    assert (plain[:10] < 0).any()
+    star = export_relion(store, store.select(), tmp_path / "relion")
+    optics = read_star(star)["optics"]
+    assert dict(zip(optics["rlnOpticsGroupName"], optics["rlnCtfDataArePhaseFlipped"], strict=True)) == {
+        "FLIPPED": 1, "RAW": 0}
+    store2 = ParticleStore.create(tmp_path / "s2", encoding="float16", chunk_particles=8)
+    import_relion(star, store2, "BACK")
+    assert store2.annotations("BACK")["ctf_phase_flipped"].tolist() == [1] * 10 + [0] * 6

@@ -22,8 +22,9 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-from cryoset.archives.download import DownloadError, DownloadRequest, HttpClient
+from cryoset.archives.download import DownloadError, DownloadRequest, HttpClient, listing_names
 
 DEFAULT_FILES = "https://ftp.ebi.ac.uk/pub/databases/emdb/structures"
 
@@ -150,29 +151,23 @@ class EmdbClient:
                                dest=Path(dest_root, f"EMD-{eid}", f"emd_{eid}.map"), decompress_gzip=True)
 
     def mask_requests(self, emdb_id: str | int, dest_root: str = "emdb") -> list[DownloadRequest]:
-        """Every file in the entry's ``masks/`` directory (listed from its HTML index; none → [])."""
-        from html.parser import HTMLParser
-        from urllib.parse import unquote
+        """Every file in the entry's ``masks/`` directory (listed from its HTML index; none → []).
 
+        Link targets are decoded and checked by :func:`cryoset.archives.download.listing_names`:
+        one that would leave ``masks/`` (``%2e%2e/…``, an absolute path, a backslash) makes
+        the whole listing refused.
+        """
         eid = normalise_emdb_id(emdb_id)
         base = f"{self._base(eid)}/masks/"
         try:
-            index = self.http.get_bytes(base).decode("utf-8", "replace")
+            index = self.http.get_bytes(base)
         except DownloadError as exc:
             if "HTTP 404" in str(exc):
                 return []
             raise
-        links: list[str] = []
-
-        class _Links(HTMLParser):
-            def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-                if tag == "a":
-                    links.extend(v for k, v in attrs if k == "href" and v)
-
-        _Links().feed(index)
-        names = sorted({unquote(h) for h in links
-                        if not h.startswith(("?", "/", "#", "..")) and "://" not in h and not h.endswith("/")})
-        return [DownloadRequest(url=base + name, dest=Path(dest_root, f"EMD-{eid}", "masks", name.removesuffix(".gz")),
+        names = sorted({str(p) for p, is_dir in listing_names(index, source=base) if not is_dir})
+        return [DownloadRequest(url=base + quote(name), dest=Path(dest_root, f"EMD-{eid}", "masks",
+                                                                   name.removesuffix(".gz")),
                                 decompress_gzip=name.endswith(".gz")) for name in names]
 
     def half_map_requests(self, emdb_id: str | int, dest_root: str = "emdb") -> list[DownloadRequest]:

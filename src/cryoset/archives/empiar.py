@@ -19,12 +19,17 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urljoin
+from urllib.parse import quote, urljoin
 
-from cryoset.archives.download import DownloadError, DownloadRequest, HttpClient
+from cryoset.archives.download import (
+    DownloadError,
+    DownloadRequest,
+    HttpClient,
+    listing_names,
+    safe_relative_path,
+)
 
 DEFAULT_API = "https://www.ebi.ac.uk/empiar/api"
 DEFAULT_FILES = "https://ftp.ebi.ac.uk/empiar/world_availability"
@@ -158,18 +163,6 @@ def parse_entry(empiar_id: str, payload: Any, *, source: str = "EMPIAR API") -> 
     )
 
 
-class _LinkParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            for name, value in attrs:
-                if name == "href" and value:
-                    self.links.append(value)
-
-
 @dataclass
 class EmpiarClient:
     """EMPIAR metadata and file access through an :class:`HttpClient`."""
@@ -192,31 +185,31 @@ class EmpiarClient:
         """
         eid = normalise_empiar_id(empiar_id)
         root = f"{self.files_url.rstrip('/')}/{eid}/"
-        start = directory.strip("/") + "/"
-        found: list[str] = []
+        wanted = directory.strip("/")
+        start = safe_relative_path(wanted, source="--directory") if wanted else PurePosixPath()
+        found: list[PurePosixPath] = []
         stack = [(start, 0)]
         while stack:
             rel, depth = stack.pop()
-            html = self.http.get_bytes(urljoin(root, rel)).decode("utf-8", "replace")
-            parser = _LinkParser()
-            parser.feed(html)
-            for href in parser.links:
-                if href.startswith(("?", "/", "#", "..")) or "://" in href:
-                    continue
-                name = unquote(href)
-                if name.endswith("/"):
+            url = urljoin(root, quote(rel.as_posix()) + "/" if rel.parts else "")
+            for name, is_dir in listing_names(self.http.get_bytes(url), source=url):
+                if is_dir:
                     if depth < max_depth:
-                        stack.append((rel + name, depth + 1))
-                elif pattern is None or fnmatch.fnmatch(PurePosixPath(name).name, pattern):
-                    found.append(rel + name)
-        found.sort()
-        return found[:limit] if limit is not None else found
+                        stack.append((rel / name, depth + 1))
+                elif pattern is None or fnmatch.fnmatch(name.name, pattern):
+                    found.append(rel / name)
+        out = sorted(p.as_posix() for p in found)
+        return out[:limit] if limit is not None else out
 
     def download_requests(self, empiar_id: str | int, files: list[str],
                           dest_root: str = "empiar") -> list[DownloadRequest]:
         eid = normalise_empiar_id(empiar_id)
         base = f"{self.files_url.rstrip('/')}/{eid}/"
-        return [DownloadRequest(url=urljoin(base, f), dest=Path(dest_root, eid, f)) for f in files]
+        out = []
+        for f in files:
+            rel = safe_relative_path(f, source=f"EMPIAR-{eid} file list")
+            out.append(DownloadRequest(url=urljoin(base, quote(rel.as_posix())), dest=Path(dest_root, eid, *rel.parts)))
+        return out
 
     def gain_references(self, empiar_id: str | int) -> list[str]:
         """Files whose name looks like a gain reference (``*gain*``), anywhere under data/."""

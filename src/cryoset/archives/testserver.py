@@ -2,7 +2,8 @@
 
 Serves fixture responses from a dict ``path -> Route``, honours ``Range`` requests, and
 can inject failures: drop the connection part-way through a body, answer an error status
-for the first N requests, or serve a body truncated on purpose. Bounded: it only serves
+for the first N requests, serve a body truncated on purpose, redirect anywhere (another
+host, ``file://``, …) or send a body with no ``Content-Length`` (chunked). Bounded: it only serves
 while the context manager is open and binds to the loopback address only.
 """
 
@@ -34,6 +35,10 @@ class Route:
         connection after this many bytes.
     ranges
         Honour ``Range`` requests.
+    redirect_to
+        Answer ``redirect_status`` with this ``Location`` instead of the body.
+    chunked
+        Send the body with ``Transfer-Encoding: chunked`` and no ``Content-Length``.
     """
 
     body: bytes = b""
@@ -43,6 +48,9 @@ class Route:
     fail_status: int = 500
     drop_after_bytes: int | None = None
     ranges: bool = True
+    redirect_to: str | None = None
+    redirect_status: int = 302
+    chunked: bool = False
     hits: int = field(default=0, init=False)
     range_requests: list[str] = field(default_factory=list, init=False)
 
@@ -63,8 +71,17 @@ def _make_handler(routes: dict[str, Route], lock: threading.Lock) -> type[BaseHT
             with lock:
                 route.hits += 1
                 hit = route.hits
+            if route.redirect_to is not None:
+                self.send_response(route.redirect_status)
+                self.send_header("Location", route.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if route.status != 200:
                 self._plain(route.status, b"error")
+                return
+            if route.chunked:
+                self._chunked(route)
                 return
             if hit <= route.fail_first:
                 self._plain(route.fail_status, b"transient error")
@@ -97,7 +114,20 @@ def _make_handler(routes: dict[str, Route], lock: threading.Lock) -> type[BaseHT
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(2)
                 return
-            self.wfile.write(payload)
+            with contextlib.suppress(ConnectionError):  # a client that stops reading early
+                self.wfile.write(payload)
+
+        def _chunked(self, route: Route) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            step = 1 << 16
+            with contextlib.suppress(ConnectionError):  # a client that stops reading early
+                for start in range(0, len(route.body), step):
+                    piece = route.body[start:start + step]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
 
         def _plain(self, status: int, text: bytes) -> None:
             self.send_response(status)

@@ -1,9 +1,16 @@
 """Particle images and their metadata for classification and reconstruction.
 
-Loads a particle STAR file's images (stacks resolved relative to the STAR file's folder) or a
-:class:`cryoset.store.ParticleStore` selection, optionally Fourier-cropped to a smaller box
+Loads a particle STAR file's images (stack names resolved as RELION does, relative to the
+current directory, else relative to the STAR file's folder:
+:func:`cryoset.io.particles.resolve_image_path`) or a :class:`cryoset.store.ParticleStore`
+selection, optionally Fourier-cropped to a smaller box
 (:func:`cryoset.particles.fourier.fourier_crop`; the pixel size grows by ``b / box``), and
 builds per-particle CTF arrays from the canonical columns.
+
+Phase-flipped images (``ctf_phase_flipped`` = 1, RELION's ``rlnCtfDataArePhaseFlipped``)
+already carry ``sign(CTF)``: the CTF left in them is ``|CTF|``, so :func:`ctf_images` returns
+``|CTF|`` for them and :func:`ctf_parameters` marks them (``phase_flipped``) for the
+reconstruction, which then uses ``|CTF|`` in the forward model and ``CTF²`` in the weights.
 """
 
 from __future__ import annotations
@@ -59,16 +66,36 @@ def _finish(images: NDArray[np.float32], table: pd.DataFrame, pixel: float, box:
             source: str | os.PathLike[str]) -> ParticleImages:
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise InputError(source, f"particle images must be square, got {images.shape[1:]}")
+    if not (np.isfinite(pixel) and pixel > 0):
+        raise InputError(source, f"the pixel size {pixel} Å is not a positive number")
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        raise InputError(source, f"{int(bad.sum())} of {len(images)} particle images hold NaN or "
+                         f"infinite pixels (first: image {int(np.argmax(bad)) + 1})")
     if box is not None and box > 0 and box % 2:
-        raise InputError("--box", f"must be even, got {box}")
+        raise InputError("--box-px", f"must be even, got {box}")
     b = images.shape[-1]
     cropped = _crop(images, box)
     return ParticleImages(cropped, table.reset_index(drop=True), pixel * b / cropped.shape[-1], b, pixel)
 
 
+def check_image_size(rows: pd.DataFrame, stack_shape: tuple[int, int, int], star: Path, stack: str) -> None:
+    """Raise :class:`InputError` (naming ``star``) when the particles' image size
+    (``image_size_px``, RELION ``rlnImageSize``) contradicts the ``(n, y, x)`` shape of ``stack``."""
+    if "image_size_px" not in rows.columns:
+        return
+    declared = pd.to_numeric(rows["image_size_px"], errors="coerce").dropna().unique()
+    _, ny, nx = stack_shape
+    wrong = [int(d) for d in declared if int(d) != nx or int(d) != ny]
+    if wrong:
+        raise InputError(star, f"rlnImageSize {wrong[0]} contradicts the {ny}×{nx} px images of {stack}")
+
+
 def load_star(path: str | os.PathLike[str], *, box: int | None = None,
               permissive: bool = False) -> ParticleImages:
     """Images and canonical table of a particle STAR (or ``.cs``) file.
+
+    The returned table's ``image_path`` holds the absolute paths of the stacks read.
 
     Raises
     ------
@@ -76,7 +103,7 @@ def load_star(path: str | os.PathLike[str], *, box: int | None = None,
         Missing image names, stacks or pixel size, or mixed image sizes.
     """
     from cryoset.io.mrc import read_stack
-    from cryoset.io.particles import read_particles
+    from cryoset.io.particles import read_particles, resolve_image_path
 
     p = Path(path)
     table = read_particles(p, permissive=permissive, require=("image_path", "image_index")).table
@@ -85,17 +112,21 @@ def load_star(path: str | os.PathLike[str], *, box: int | None = None,
     chunks: list[NDArray[np.float32]] = []
     order: list[NDArray[np.int64]] = []
     pixel_from_stack: float | None = None
+    resolved: dict[str, str] = {}
     for stack_name, rows in table.groupby("image_path", sort=False).groups.items():
-        stack_path = Path(str(stack_name))
-        if not stack_path.is_absolute():
-            stack_path = p.parent / stack_path
-        if not stack_path.exists():
-            raise InputError(p, f"image stack {stack_name} not found (looked for {stack_path})")
+        stack_path = resolve_image_path(str(stack_name), p)
+        resolved[str(stack_name)] = str(stack_path)
         stack = read_stack(stack_path, permissive=permissive)
         idx = table.loc[rows, "image_index"].to_numpy(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(stack)):
             raise InputError(p, f"image index out of range for {stack_name} ({len(stack)} images)")
-        chunks.append(np.asarray(stack.images(idx), np.float32))
+        check_image_size(table.loc[rows], stack.shape, p, str(stack_name))
+        chunk = np.asarray(stack.images(idx), np.float32)
+        bad = ~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+        if bad.any():
+            raise InputError(stack_path, f"{int(bad.sum())} of the {len(chunk)} particle images read hold "
+                             f"NaN or infinite pixels (first: image {int(idx[np.argmax(bad)]) + 1})")
+        chunks.append(chunk)
         order.append(np.asarray(rows, np.int64))
         pixel_from_stack = pixel_from_stack or stack.pixel_size_a
     sizes = {c.shape[1:] for c in chunks}
@@ -104,6 +135,7 @@ def load_star(path: str | os.PathLike[str], *, box: int | None = None,
     images = np.empty((len(table), *next(iter(sizes))), np.float32)
     positions = pd.Index(table.index).get_indexer(pd.Index(np.concatenate(order)))
     images[positions] = np.concatenate(chunks)
+    table = table.assign(image_path=table["image_path"].astype(str).map(resolved))
     if "pixel_size_a" in table.columns and table["pixel_size_a"].notna().all():
         pixel = float(table["pixel_size_a"].iloc[0])
     elif pixel_from_stack:
@@ -155,8 +187,30 @@ def has_ctf(table: pd.DataFrame) -> bool:
     return all(c in table.columns and table[c].notna().all() for c in CTF_COLUMNS)
 
 
+def require_ctf(table: pd.DataFrame, source: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` (naming ``source``) unless every particle has finite CTF values.
+
+    Missing columns and NaN values are told apart: a NaN defocus is reported as NaN, not as
+    missing CTF parameters.
+    """
+    missing = [c for c in CTF_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(source, f"particles lack CTF parameters ({', '.join(missing)}); use --no-ctf")
+    for c in CTF_COLUMNS:
+        values = pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise InputError(source, f"{c} is NaN or not finite for {int(bad.sum())} of {len(values)} "
+                             f"particles (first: particle {int(np.argmax(bad)) + 1})")
+
+
 def ctf_parameters(table: pd.DataFrame) -> dict[str, NDArray[np.float64]]:
-    """Per-particle CTF arrays for :func:`cryoset.recon.reconstruct.backproject`."""
+    """Per-particle CTF arrays for :func:`cryoset.recon.reconstruct.backproject`.
+
+    ``phase_flipped`` is 1.0 for phase-flipped images (``ctf_phase_flipped``), else 0.0.
+    """
+    from cryoset.io.schema import phase_flipped
+
     n = len(table)
 
     def col(name: str, default: float) -> NDArray[np.float64]:
@@ -167,6 +221,7 @@ def ctf_parameters(table: pd.DataFrame) -> dict[str, NDArray[np.float64]]:
     out = {c: col(c, 0.0) for c in CTF_COLUMNS}
     out["phase_shift_deg"] = col("phase_shift_deg", 0.0)
     out["bfactor_a2"] = col("ctf_bfactor_a2", 0.0)
+    out["phase_flipped"] = phase_flipped(table).astype(np.float64)
     for shared in ("voltage_kv", "cs_mm", "amplitude_contrast"):
         if np.unique(out[shared]).size > 1:
             raise InputError(shared, "must be the same for every particle (split the optics groups)")
@@ -174,11 +229,18 @@ def ctf_parameters(table: pd.DataFrame) -> dict[str, NDArray[np.float64]]:
 
 
 def ctf_images(table: pd.DataFrame, box: int, pixel_size_a: float) -> NDArray[np.float32]:
-    """CTFs of every particle on the ``box × box`` ``rfft2`` grid, shape (n, box, box//2 + 1)."""
+    """The CTF left in every particle on the ``box × box`` ``rfft2`` grid, shape (n, box, box//2 + 1).
+
+    ``CTF`` for ordinary images, ``|CTF|`` for phase-flipped ones (``ctf_phase_flipped``).
+    """
     from cryoset.ctf.model import ctf_2d_batch
 
     p = ctf_parameters(table)
-    return ctf_2d_batch(p["defocus_u_a"], p["defocus_v_a"], p["defocus_angle_deg"], (box, box),
-                        pixel_size_a, voltage_kv=float(p["voltage_kv"][0]), cs_mm=float(p["cs_mm"][0]),
-                        amplitude_contrast=float(p["amplitude_contrast"][0]),
-                        phase_shift_deg=p["phase_shift_deg"], bfactor_a2=p["bfactor_a2"], rfft=True)
+    ctf = ctf_2d_batch(p["defocus_u_a"], p["defocus_v_a"], p["defocus_angle_deg"], (box, box),
+                       pixel_size_a, voltage_kv=float(p["voltage_kv"][0]), cs_mm=float(p["cs_mm"][0]),
+                       amplitude_contrast=float(p["amplitude_contrast"][0]),
+                       phase_shift_deg=p["phase_shift_deg"], bfactor_a2=p["bfactor_a2"], rfft=True)
+    flipped = p["phase_flipped"] != 0
+    if flipped.any():
+        ctf[flipped] = np.abs(ctf[flipped])
+    return ctf

@@ -5,7 +5,8 @@ Model (pixels relative to the box centre ``b//2``; RELION conventions): image ``
 ``X_i(p) = (C_i ∗ R_k)(A_ψᵀ (p + s)) + noise``,  ``A_ψ = euler_to_matrix(0, 0, ψ)[:2, :2]``,
 
 i.e. class average ``R_k`` rotated by ``ψ`` (``rlnAnglePsi``), its centre moved to ``−s``
-(``s`` = RELION 3.1 ``rlnOriginX/YAngst`` / pixel size) and filtered by the CTF ``C_i``;
+(``s`` = RELION 3.1 ``rlnOriginX/YAngst`` / pixel size) and filtered by the CTF ``C_i``
+(``|CTF|`` for phase-flipped images: the ``ctf`` argument is the CTF left in the images);
 the noise is white Gaussian with per-pixel variance ``σ²``.
 
 E-step (rotate-then-FFT-translate): every reference is rotated to ``n_psi`` angles
@@ -493,7 +494,9 @@ def classify_2d(images: NDArray[np.float32], settings: ClassifySettings, *,
     settings
         Parameters.
     ctf : array, shape (n, b, b//2 + 1), optional
-        Per-image CTF in ``rfft2`` layout (origin at ``[0, 0]``); None: no CTF.
+        Per-image CTF in ``rfft2`` layout (origin at ``[0, 0]``): the CTF left in the image,
+        ``|CTF|`` for phase-flipped images (:func:`cryoset.classify.data.ctf_images`), used
+        alike in the forward model ``C_i R`` and the Wiener weights ``C_i²``; None: no CTF.
     progress
         Called with the iteration number after each iteration.
 

@@ -10,11 +10,11 @@ Examples::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 catalog_group = typer.Typer(help="Curate experiment catalogues: cluster by sequence, pick "
@@ -23,13 +23,14 @@ catalog_group = typer.Typer(help="Curate experiment catalogues: cluster by seque
 
 def build(
     config: Path = typer.Argument(..., help="Build configuration (YAML; see docs/build.md)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Build directory (an existing one is resumed)."),
+    out: Path = option("out", ..., help="Build directory (an existing one is resumed)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
     dask_local: int | None = typer.Option(None, "--dask-local", min=1,
                                           help="Start a local Dask cluster with N workers."),
-    workers: int | None = typer.Option(None, "--workers", min=1,
-                                       help="Local process pool size (default: execution.workers)."),
+    workers: int | None = option("workers", None, min=1,
+                                 help="Local process pool size (default: execution.workers)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = json_option(),
 ) -> None:
     """Build a particle dataset: CTF → pick → extract → classify → store, per experiment.
 
@@ -46,6 +47,13 @@ def build(
 
     result = run_build(config, out, scheduler=scheduler, dask_local=dask_local, workers=workers,
                        progress=not quiet)
+    if as_json:
+        echo_json({"out": str(out), "store": str(result.store_path), "particles": result.total_particles,
+                   "experiments": {eid: {"micrographs": s.get("micrographs", 0), "particles": s.get("stored", 0),
+                                         "executed": list(s["executed"]), "skipped": list(s["skipped"]),
+                                         "report": str(s["report"])}
+                                   for eid, s in result.experiments.items()}})
+        return
     for eid, s in result.experiments.items():
         typer.echo(f"{eid}: {s.get('micrographs', 0)} micrographs, {s.get('stored', 0)} particles, "
                    f"{len(s['executed'])} stages run, {len(s['skipped'])} skipped; report {s['report']}")
@@ -55,13 +63,14 @@ def build(
 @catalog_group.command("curate")
 def curate_cmd(
     records: list[Path] = typer.Argument(..., help="Experiment records: EMPIAR JSON, YAML, CSV, Parquet."),
-    out: Path = typer.Option(..., "--out", "-o", help="Curated catalogue (.parquet or .csv)."),
+    out: Path = option("out", ..., help="Curated catalogue (.parquet or .csv)."),
     fasta: Path | None = typer.Option(None, "--fasta", help="FASTA; header = experiment id."),
-    threshold: float = typer.Option(0.3, "--threshold", help="Identity threshold (0-1)."),
+    threshold: float = typer.Option(0.3, "--threshold", metavar="FRACTION", help="Identity threshold (0-1)."),
     max_per_cluster: int = typer.Option(4, "--max-per-cluster", min=1, help="Representatives per cluster."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of experiments in the test split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    seed: int = option("seed", 0, help="Seed of the split."),
     method: str = typer.Option("auto", "--method", help="auto, mmseqs or align."),
+    as_json: bool = json_option(),
 ) -> None:
     """Cluster experiments by sequence identity, keep the best per cluster, split by cluster.
 
@@ -101,9 +110,14 @@ def curate_cmd(
         "threshold": threshold, "max_per_cluster": max_per_cluster, "test_fraction": test_fraction,
         "seed": seed, "method": method}, inputs=inputs))
     kept = cat[cat["representative"]]
-    typer.echo(json.dumps({"experiments": len(cat), "clusters": int(cat["cluster"].nunique()),
-                           "kept": len(kept), "train": int((kept["split"] == "train").sum()),
-                           "test": int((kept["split"] == "test").sum()), "output": str(out)}))
+    summary = {"experiments": len(cat), "clusters": int(cat["cluster"].nunique()),
+               "kept": len(kept), "train": int((kept["split"] == "train").sum()),
+               "test": int((kept["split"] == "test").sum()), "output": str(out)}
+    if as_json:
+        echo_json(summary)
+    else:
+        typer.echo(f"{summary['experiments']} experiments in {summary['clusters']} clusters; kept "
+                   f"{summary['kept']} ({summary['train']} train, {summary['test']} test) -> {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,23 +2,23 @@
 
 Examples
 --------
-cryoset classify2d particles.star --out class2d --classes 8 --iter 10 --seed 0
+cryoset classify2d particles.star --out class2d --n-classes 8 --n-iter 10 --seed 0
 
 cryoset classify2d --store dataset/ --query "SELECT * FROM particles WHERE experiment_id = 'sim'" --out class2d
 
-cryoset classify2d particles.star --out class2d --box 64 --hard --no-recover
+cryoset classify2d particles.star --out class2d --box-px 64 --hard --no-recover
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
+from cryoset.cli._options import echo_json, json_option, json_safe, option
 from cryoset.errors import InputError
 
 
@@ -53,20 +53,20 @@ def register(app: typer.Typer) -> None:
     @app.command("classify2d")
     def classify2d(
         particles: Path | None = typer.Argument(None, help="Particle STAR file (with .mrcs stacks)."),
-        out: Path = typer.Option(..., "--out", help="Output directory."),
+        out: Path = option("out", ..., help="Output directory."),
         store: Path | None = typer.Option(None, "--store", help="A cryoset particle store instead of a STAR file."),
         query: str | None = typer.Option(None, "--query", help="SQL selecting particles from --store."),
-        classes: int = typer.Option(8, "--classes", "-K", help="Number of classes."),
-        n_iter: int = typer.Option(10, "--iter", help="EM iterations."),
-        psi_step: float = typer.Option(10.0, "--psi-step", help="In-plane angular step (degrees)."),
-        offset_range: int = typer.Option(5, "--offset-range", help="Translation search radius (pixels of --box)."),
+        classes: int = option("n_classes", 8, help="Number of classes."),
+        n_iter: int = option("n_iter", 10, help="EM iterations."),
+        psi_step: float = option("psi_step_deg", 10.0, help="In-plane angular step, degrees."),
+        offset_range: int = option("offset_range_px", 5, help="Translation search radius, pixels of --box-px."),
         recentre: bool = typer.Option(
             True, "--offset-recentre/--fixed-offset-window",
             help="Centre each image's translation window on its previous offset (RELION) or on the box centre."),
-        max_offset: float | None = typer.Option(
-            None, "--max-offset", help="Cap on the total shift in pixels of --box (default box/4)."),
-        diameter_a: float | None = typer.Option(None, "--diameter", help="Particle diameter in Å (mask; default 0.8 box)."),
-        box: int = typer.Option(64, "--box", help="Fourier-crop images to this box first (0: keep)."),
+        max_offset: float | None = option(
+            "max_offset_px", None, help="Cap on the total shift, pixels of --box-px (default box/4)."),
+        diameter_a: float | None = option("diameter_a", None, help="Particle diameter, Å (mask; default 0.8 box)."),
+        box: int = option("box_px", 64, help="Fourier-crop images to this box edge first, pixels (0: keep)."),
         tau2_fudge: float = typer.Option(2.0, "--tau2-fudge", help="RELION's T: > 1 sharpens averages."),
         hard: bool = typer.Option(False, "--hard", help="Hard (MAP) assignment instead of probabilities."),
         use_ctf: bool = typer.Option(True, "--ctf/--no-ctf", help="Use the particles' CTFs."),
@@ -78,21 +78,24 @@ def register(app: typer.Typer) -> None:
         max_power_ratio: float = typer.Option(
             3.0, "--max-power-ratio", help="Junk rule: power <= ratio × median (ice/carbon; inf disables)."),
         percentile: float = typer.Option(10.0, "--recover-percentile", help="Recovery threshold percentile."),
-        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        seed: int = option("seed", 0),
         permissive: bool = typer.Option(False, "--permissive", help="Open non-conforming MRC stacks."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        as_json: bool = json_option(),
     ) -> None:
         """Classify particle images in 2D (EM over class, in-plane angle and shift), score classes
         (population, half-set FRC resolution at 0.143, mean power), flag junk classes, recover good
         particles from them, and write a RELION 3.1 STAR, class averages and a gallery.
 
-        Examples: [bold]cryoset classify2d particles.star --out class2d -K 8 --iter 10[/bold];
-        [bold]cryoset classify2d --store ds/ --query "SELECT * FROM particles" --out class2d[/bold]
+        Examples:
+
+            cryoset classify2d particles.star --out class2d -K 8 --n-iter 10
+
+            cryoset classify2d --store ds/ --query "SELECT * FROM particles" --out class2d
         """
         from rich.console import Console
         from rich.progress import Progress
 
-        from cryoset.classify.data import ctf_images, has_ctf, load_star, load_store
+        from cryoset.classify.data import ctf_images, load_star, load_store, require_ctf
         from cryoset.classify.em2d import ClassifySettings, classify_2d
         from cryoset.classify.select import (
             class_statistics,
@@ -110,11 +113,15 @@ def register(app: typer.Typer) -> None:
         if query is not None and store is None:
             raise InputError("--query", "needs --store")
         if classes < 1 or n_iter < 1 or not 0 < psi_step <= 180 or offset_range < 0:
-            raise InputError("options", "need --classes >= 1, --iter >= 1, 0 < --psi-step <= 180, --offset-range >= 0")
+            raise InputError("options", "need --n-classes >= 1, --n-iter >= 1, 0 < --psi-step-deg <= 180, "
+                                        "--offset-range-px >= 0")
         if max_offset is not None and not max_offset >= 0:
-            raise InputError("--max-offset", "must be >= 0")
+            raise InputError("--max-offset-px", "must be >= 0")
         if not (resolution_factor > 0 and 0 <= power_fraction < max_power_ratio):
             raise InputError("options", "need --resolution-factor > 0 and 0 <= --power-fraction < --max-power-ratio")
+        from cryoset.cli._paths import require_directory_location
+
+        require_directory_location(out, "--out")
         source: Path = particles if particles is not None else Path(str(store))
         if particles is not None:
             data = load_star(particles, box=box, permissive=permissive)
@@ -123,8 +130,7 @@ def register(app: typer.Typer) -> None:
         b = data.images.shape[-1]
         ctf = None
         if use_ctf:
-            if not has_ctf(data.table):
-                raise InputError(source, "particles lack CTF parameters (use --no-ctf)")
+            require_ctf(data.table, source)
             ctf = ctf_images(data.table, b, data.pixel_size_a)
         diameter_px = None if diameter_a is None else diameter_a / data.pixel_size_a
         settings = ClassifySettings(n_classes=classes, n_iter=n_iter, psi_step_deg=psi_step,
@@ -150,11 +156,11 @@ def register(app: typer.Typer) -> None:
             kept, recovered = rec.kept, rec.recovered
 
         table = data.table.copy()
-        if particles is not None:  # stacks stay where they are: paths relative to --out
-            base = particles.resolve().parent
-            table["image_path"] = [
-                os.path.relpath(q if Path(q).is_absolute() else base / q, out.resolve())
-                for q in table["image_path"].astype(str)]
+        if particles is not None:  # stacks stay where they are, named as RELION resolves them
+            from cryoset.io.particles import relion_path
+
+            table["image_path"] = [relion_path(q, out / "particles.star")
+                                   for q in table["image_path"].astype(str)]
         else:
             table["image_path"] = "particles.mrcs"
             table["image_index"] = np.arange(len(table))
@@ -195,10 +201,10 @@ def register(app: typer.Typer) -> None:
             "pixel_size_a": data.pixel_size_a, "sigma2": result.sigma2,
             "class_table": json.loads(stats.to_json(orient="records")),
         }
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "summary.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
         write_provenance(out, prov)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            echo_json(summary)
         else:
             typer.echo(f"{len(table)} particles, {classes} classes, good: {summary['good_classes']}; "
                        f"kept {summary['kept']} ({summary['recovered']} recovered) -> {out}")

@@ -1,20 +1,25 @@
 """``cryoset convert INPUT OUTPUT``: particles and coordinates between formats.
 
 Particles: RELION STAR 3.0/3.1 (``.star`` with ``rlnImageName``), cryoSPARC ``.cs``
-(with ``blob/*`` fields) and CryoVirusDB's 14-column CSV. Coordinates: RELION coordinate
-STAR, EMAN ``.box``, CryoPPP ``.csv``, Topaz ``.txt``/``.tsv``, crYOLO ``.cbox`` and
-cryoSPARC pick ``.cs``. The kind (particles or coordinates) is detected from the input;
-the output format from the output's suffix (or ``--to``). Everything passes through the
+(with ``blob/*`` fields) and CryoVirusDB's 14-column CSV. Writing STAR 3.1 (or ``.cs``)
+fills ``rlnImageSize`` and ``rlnImageDimensionality`` (``blob/shape``) from the stacks'
+headers when the input lacks them (a RELION 3.0 file; stacks resolved as RELION does, from
+the current directory, else beside the input). Image names are copied as they are.
+STAR files with neither particles nor coordinates (pipeline, post-processing, optimiser…)
+are refused in one line naming their blocks. Coordinates: RELION coordinate STAR, EMAN
+``.box``, CryoPPP ``.csv``, Topaz ``.txt``/``.tsv``, crYOLO ``.cbox`` and cryoSPARC pick
+``.cs``. The kind (particles or coordinates) is detected from the input;
+the output format from the output's suffix (or ``--format``). Everything passes through the
 canonical tables, so x/y origins, y-flips, corner offsets, units and Euler conventions are
 converted as documented in docs/conventions.md.
 
 Examples::
 
-    cryoset convert run_data.star particles.cs
-    cryoset convert particles.cs particles.star --star-version 3.0
-    cryoset convert particles.star cryovirusdb.csv
-    cryoset convert mic001.box mic001.star --micrograph-shape 4096 4096
-    cryoset convert picks.star picks.box --box-size 180
+    cryoset convert run_data.star --out particles.cs
+    cryoset convert particles.cs --out particles.star --star-version 3.0
+    cryoset convert particles.star cryovirusdb.csv        # OUTPUT as a second argument
+    cryoset convert mic001.box --out mic001.star --micrograph-shape-px 4096 4096
+    cryoset convert picks.star --out picks.box --box-px 180
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 PARTICLE_FORMATS = {"star", "cs", "cryovirusdb"}
@@ -34,10 +40,14 @@ def detect_input_kind(path: Path) -> str:
     """``"particles"`` or ``"coords"`` from the file's name and contents."""
     suffix = path.suffix.lower()
     if suffix == ".star":
-        from cryoset.io.star import read_star
+        from cryoset.io.star import describe_blocks, read_star
 
         blocks = read_star(path)
-        return "particles" if any("rlnImageName" in df.columns for df in blocks.values()) else "coords"
+        if any("rlnImageName" in df.columns for df in blocks.values()):
+            return "particles"
+        if any({"rlnCoordinateX", "CoordinateX"} & set(df.columns) for df in blocks.values()):
+            return "coords"
+        raise InputError(path, f"holds neither particles nor coordinates: a {describe_blocks(blocks)}")
     if suffix == ".cs":
         from cryoset.io.cryosparc import read_cs
 
@@ -52,25 +62,45 @@ def detect_input_kind(path: Path) -> str:
 
 def convert(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="Particles or coordinates file."),
-    output_path: Path = typer.Argument(..., metavar="OUTPUT", help="Destination; format from its suffix."),
-    to: str | None = typer.Option(None, "--to", help="Output format (star, cs, cryovirusdb for particles; "
-                                  "star, box, csv, topaz, cbox, cs for coordinates)."),
+    output_arg: Path | None = typer.Argument(None, metavar="OUTPUT", help="Destination (or --out); format "
+                                             "from its suffix."),
+    out: Path | None = option("out", None, help="Destination; format from its suffix."),
+    to: str | None = option("format", None, help="Output format (star, cs, cryovirusdb for particles; "
+                            "star, box, csv, topaz, cbox, cs for coordinates)."),
     star_version: str = typer.Option("3.1", "--star-version", help="RELION STAR version to write: 3.1 or 3.0."),
-    micrograph_shape: tuple[int, int] | None = typer.Option(
-        None, "--micrograph-shape", help="Micrograph height and width in pixels (NY NX): needed for "
+    micrograph_shape: tuple[int, int] | None = option(
+        "micrograph_shape_px", None, help="Micrograph height and width, pixels (NY NX): needed for "
         "y-flipped formats and .cs picks, and to reject coordinates outside the micrograph."),
-    box_size: int | None = typer.Option(None, "--box-size", help="Box size in pixels for EMAN .box output."),
+    box_size: int | None = option("box_px", None, help="Box edge, pixels, for EMAN .box output."),
     micrograph: str | None = typer.Option(None, "--micrograph", help="Micrograph name for per-micrograph "
                                           "coordinate files (default: from the file name)."),
     permissive: bool = typer.Option(False, "--permissive", help="Skip malformed rows instead of failing."),
+    as_json: bool = json_option(),
 ) -> None:
-    """Convert particles or coordinates between RELION, cryoSPARC, EMAN, Topaz, crYOLO and CSV."""
+    """Convert particles or coordinates between RELION, cryoSPARC, EMAN, Topaz, crYOLO and CSV.
+
+    Examples:
+
+        cryoset convert run_data.star --out particles.cs
+
+        cryoset convert mic001.box --out mic001.star --micrograph-shape-px 4096 4096
+    """
     from cryoset.provenance import make_provenance, write_provenance
+
+    if out is not None and output_arg is not None:
+        raise InputError("--out", "give the output once: as OUTPUT or as --out")
+    output_path = out if out is not None else output_arg
+    if output_path is None:
+        raise InputError("--out", "no output given (--out PATH)")
 
     if not input_path.exists():
         raise InputError(input_path, "no such file")
     if star_version not in {"3.1", "3.0"}:
         raise InputError("--star-version", f"must be 3.1 or 3.0, got {star_version!r}")
+    if box_size is not None and box_size < 1:
+        raise InputError("--box-px", f"must be a positive number of pixels, got {box_size}")
+    if micrograph_shape is not None and min(micrograph_shape) < 1:
+        raise InputError("--micrograph-shape-px", f"must be two positive sizes (NY NX), got {micrograph_shape}")
     kind = detect_input_kind(input_path)
     out_fmt = to or output_path.suffix.lower().lstrip(".")
     if kind == "particles" and out_fmt not in {"star", "cs", "csv", "cryovirusdb"}:
@@ -86,8 +116,17 @@ def convert(
             raise InputError(output_path, f"particles cannot be written as {to!r} "
                              f"(choose one of {', '.join(sorted(PARTICLE_FORMATS))})")
         ps = read_particles(input_path, permissive=permissive, micrograph_shape=micrograph_shape)
+        problems: list[str] = []
+        if (out_fmt == "star" and star_version == "3.1") or out_fmt == "cs":
+            from cryoset.io.particles import fill_image_geometry
+
+            # RELION 3.1 needs the image size in data_optics, cryoSPARC in blob/shape
+            problems = fill_image_geometry(ps, input_path)
         write_particles(output_path, ps, fmt=to, star_version=star_version,  # type: ignore[arg-type]
                         provenance=record, micrograph_shape=micrograph_shape)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            typer.echo(f"note: the image size is not written: {problems[0]}{more}", err=True)
         count = len(ps.table)
     elif kind == "particles-to-coords":
         from cryoset.io.coords import write_coords
@@ -107,7 +146,10 @@ def convert(
         if output_path.suffix.lower() != ".star":
             write_provenance(output_path, record)
         count = len(picks)
-    typer.echo(f"{input_path} -> {output_path}: {count} {kind}")
+    if as_json:
+        echo_json({"input": str(input_path), "out": str(output_path), "kind": kind, "count": count})
+    else:
+        typer.echo(f"{input_path} -> {output_path}: {count} {kind}")
 
 
 def register(app: typer.Typer) -> None:

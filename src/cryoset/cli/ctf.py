@@ -1,8 +1,8 @@
 """``cryoset ctf MICROGRAPHS… --out DIR``: estimate the CTF of micrographs.
 
-Micrographs are MRC (pixel size from the header), PNG/TIFF/JPEG (give ``--pixel-size``),
+Micrographs are MRC (pixel size from the header), PNG/TIFF/JPEG (give ``--pixel-size-a``),
 or a RELION micrograph STAR file whose optics block supplies pixel size, voltage, Cs and
-amplitude contrast (flags override it). Many micrographs run in parallel (``--jobs``).
+amplitude contrast (flags override it). Many micrographs run in parallel (``--workers``).
 
 Outputs in DIR:
 
@@ -20,14 +20,12 @@ Exit code 2 when any micrograph failed (the others are still written).
 Examples::
 
     cryoset ctf Micrographs/*.mrc --out ctf/ --voltage-kv 300 --cs-mm 2.7
-    cryoset ctf images/*.png --pixel-size 5.36 --out ctf/ --jobs 2 --json
+    cryoset ctf images/*.png --pixel-size-a 5.36 --out ctf/ --workers 2 --json
     cryoset ctf corrected_micrographs.star --out ctf/ --patches 3x3 --picks picks.csv
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -35,20 +33,8 @@ from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
-
-
-def _sanitize(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _inputs(paths: list[Path]) -> list[Any]:
@@ -67,29 +53,36 @@ def _inputs(paths: list[Path]) -> list[Any]:
 
 def ctf(
     micrographs: list[Path] = typer.Argument(..., help="Micrograph files (MRC/PNG/TIFF) or a RELION micrograph STAR."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    pixel_size: float | None = typer.Option(None, "--pixel-size", help="Pixel size in Å (required for PNG/TIFF)."),
-    voltage_kv: float | None = typer.Option(None, "--voltage-kv", help="Accelerating voltage, kV (default: STAR optics, else 300)."),
-    cs_mm: float | None = typer.Option(None, "--cs-mm", help="Spherical aberration, mm (default: STAR optics, else 2.7)."),
-    amplitude_contrast: float | None = typer.Option(
-        None, "--amplitude-contrast", help="Amplitude contrast (default: STAR optics, else 0.1)."
+    out: Path = option("out", ..., help="Output directory."),
+    pixel_size: float | None = option("pixel_size_a", None, help="Pixel size, Å (required for PNG/TIFF)."),
+    voltage_kv: float | None = option("voltage_kv", None, help="Accelerating voltage, kV (default: STAR optics, else 300)."),
+    cs_mm: float | None = option("cs_mm", None, help="Spherical aberration, mm (default: STAR optics, else 2.7)."),
+    amplitude_contrast: float | None = option(
+        "amplitude_contrast", None, help="Amplitude contrast, fraction (default: STAR optics, else 0.1)."
     ),
     patches: str | None = typer.Option(None, "--patches", help="Local defocus on an NxM patch grid, e.g. 3x3."),
     surface: str = typer.Option("plane", "--surface", help="Defocus surface for --patches: plane, quadratic or constant."),
     picks: Path | None = typer.Option(
         None, "--picks", help="CSV picks/particle table (micrograph, x_px, y_px) to annotate with local defocus."
     ),
-    min_res: float = typer.Option(30.0, "--min-res", help="Low-resolution end of the fit, Å."),
-    max_res: float = typer.Option(4.0, "--max-res", help="High-resolution end of the fit, Å."),
-    defocus_min: float = typer.Option(2000.0, "--defocus-min", help="Smallest defocus searched, Å."),
-    defocus_max: float = typer.Option(80000.0, "--defocus-max", help="Largest defocus searched, Å."),
+    min_res: float = option("min_resolution_a", 30.0, help="Low-resolution end of the fit, Å."),
+    max_res: float = option("max_resolution_a", 4.0, help="High-resolution end of the fit, Å."),
+    defocus_min: float = option("defocus_min_a", 2000.0, help="Smallest defocus searched, Å."),
+    defocus_max: float = option("defocus_max_a", 80000.0, help="Largest defocus searched, Å."),
     phase_shift: bool = typer.Option(False, "--phase-shift", help="Also fit a phase shift (phase plate)."),
-    tile: int = typer.Option(512, "--tile", help="Power-spectrum tile size (px)."),
+    tile: int = option("tile_px", 512, help="Power-spectrum tile size, pixels."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the diagnostic PNGs."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Micrographs processed in parallel."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    jobs: int = option("workers", 1, help="Micrographs processed in parallel."),
+    as_json: bool = json_option(),
 ) -> None:
-    """Estimate defocus, astigmatism, fit resolution and local defocus of micrographs."""
+    """Estimate defocus, astigmatism, fit resolution and local defocus of micrographs.
+
+    Examples:
+
+        cryoset ctf Micrographs/*.mrc --out ctf/ --voltage-kv 300 --cs-mm 2.7
+
+        cryoset ctf images/*.png --pixel-size-a 5.36 --out ctf/ --workers 2 --json
+    """
     import concurrent.futures as cf
     import dataclasses
     import multiprocessing
@@ -109,13 +102,13 @@ def ctf(
         write_micrograph_star,
         write_results_csv,
     )
-    from cryoset.io.atomic import atomic_path
+    from cryoset.io.atomic import atomic_path, staged_directory
     from cryoset.provenance import make_provenance, write_provenance
 
     if jobs < 1:
-        raise InputError("--jobs", f"must be at least 1, got {jobs}")
+        raise InputError("--workers", f"must be at least 1, got {jobs}")
     if pixel_size is not None and not pixel_size > 0:
-        raise InputError("--pixel-size", f"must be positive, got {pixel_size}")
+        raise InputError("--pixel-size-a", f"must be positive, got {pixel_size}")
     if surface not in SURFACE_KINDS:
         raise InputError("--surface", f"must be one of {', '.join(SURFACE_KINDS)}, got {surface!r}")
     grid = parse_patch_grid(patches) if patches else None
@@ -140,69 +133,73 @@ def ctf(
     items = _inputs(micrographs)
     if not items:
         raise InputError(None, "no micrographs given")
-    out.mkdir(parents=True, exist_ok=True)
-    cpus = os.cpu_count() or 1
-    settings = RunSettings(
-        pixel_size_a=pixel_size, voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
-        patches=grid, surface=surface, options=options,
-        plots_dir=None if no_plots else str(out / "plots"), fft_workers=max(1, cpus // jobs),
-    )  # fmt: skip
+    # everything goes to a temporary folder first: when every micrograph is rejected, no output
+    # folder is left behind; plots of earlier runs in OUT/plots are kept
+    with staged_directory(out, merge=("plots",)) as staged:
+        cpus = os.cpu_count() or 1
+        settings = RunSettings(
+            pixel_size_a=pixel_size, voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+            patches=grid, surface=surface, options=options,
+            plots_dir=None if no_plots else str(staged / "plots"), fft_workers=max(1, cpus // jobs),
+        )  # fmt: skip
 
-    results: dict[int, dict[str, Any]] = {}
-    failures: list[tuple[str, str]] = []
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("ctf"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("ctf", total=len(items))
+        results: dict[int, dict[str, Any]] = {}
+        failures: list[tuple[str, str]] = []
+        console = Console(stderr=True)
+        with Progress(
+            TextColumn("ctf"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True, disable=not console.is_terminal,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("ctf", total=len(items))
 
-        def record(i: int, outcome: tuple[bool, Any]) -> None:
-            ok, value = outcome
-            if ok:
-                results[i] = value
+            def record(i: int, outcome: tuple[bool, Any]) -> None:
+                ok, value = outcome
+                if ok:
+                    results[i] = value
+                else:
+                    failures.append((items[i].name, str(value)))
+                    print(f"error: {items[i].path}: {value}", file=sys.stderr)
+                progress.advance(task)
+
+            if jobs == 1 or len(items) == 1:
+                for i, item in enumerate(items):
+                    record(i, process_micrograph_safe(item, settings))
             else:
-                failures.append((items[i].name, str(value)))
-                print(f"error: {items[i].path}: {value}", file=sys.stderr)
-            progress.advance(task)
+                ctx = multiprocessing.get_context("spawn")
+                with cf.ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx) as pool:
+                    futures = {pool.submit(process_micrograph_safe, item, settings): i for i, item in enumerate(items)}
+                    for fut in cf.as_completed(futures):
+                        record(futures[fut], fut.result())
 
-        if jobs == 1 or len(items) == 1:
-            for i, item in enumerate(items):
-                record(i, process_micrograph_safe(item, settings))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx) as pool:
-                futures = {pool.submit(process_micrograph_safe, item, settings): i for i, item in enumerate(items)}
-                for fut in cf.as_completed(futures):
-                    record(futures[fut], fut.result())
-
-    ordered = [results[i] for i in sorted(results)]
-    argv = ["cryoset", "ctf", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("cryoset") else None
-    prov = make_provenance(
-        "ctf",
-        {
-            "pixel_size_a": pixel_size, "voltage_kv": voltage_kv, "cs_mm": cs_mm,
-            "amplitude_contrast": amplitude_contrast, "patches": patches, "surface": surface,
-            "options": dataclasses.asdict(options), "micrographs": [it.path for it in items],
-        },
-        inputs=[Path(it.path) for it in items if Path(it.path).is_file()]
-        + [p for p in micrographs if p.suffix.lower() == ".star"],
-        argv=argv,
-    )  # fmt: skip
-    comment = f"written by cryoset {prov['cryoset_version']} ctf ({prov['created_utc']}); see provenance.json"
-    star_path = write_micrograph_star(out / "micrographs_ctf.star", ordered, comment=comment)
-    write_results_csv(out / "ctf.csv", ordered)
-    if grid is not None:
-        write_landscape_csv(out / "defocus_landscape.csv", ordered)
-    write_failed_csv(out / "failed.csv", failures)
-    annotated_path = None
-    if picks_table is not None:
-        local = {r["micrograph"]: local_ctf_from_result(r) for r in ordered}
-        annotated = add_local_defocus(picks_table, local)
-        annotated_path = out / "picks_local_defocus.csv"
-        with atomic_path(annotated_path) as tmp:
-            annotated.to_csv(tmp, index=False)
-    write_provenance(out, prov)
+        ordered = [results[i] for i in sorted(results)]
+        if not ordered:  # every micrograph failed (each said why on stderr): write nothing
+            raise typer.Exit(2)
+        argv = ["cryoset", "ctf", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("cryoset") else None
+        prov = make_provenance(
+            "ctf",
+            {
+                "pixel_size_a": pixel_size, "voltage_kv": voltage_kv, "cs_mm": cs_mm,
+                "amplitude_contrast": amplitude_contrast, "patches": patches, "surface": surface,
+                "options": dataclasses.asdict(options), "micrographs": [it.path for it in items],
+            },
+            inputs=[Path(it.path) for it in items if Path(it.path).is_file()]
+            + [p for p in micrographs if p.suffix.lower() == ".star"],
+            argv=argv,
+        )  # fmt: skip
+        comment = f"written by cryoset {prov['cryoset_version']} ctf ({prov['created_utc']}); see provenance.json"
+        star_path = out / write_micrograph_star(staged / "micrographs_ctf.star", ordered, comment=comment).name
+        write_results_csv(staged / "ctf.csv", ordered)
+        if grid is not None:
+            write_landscape_csv(staged / "defocus_landscape.csv", ordered)
+        write_failed_csv(staged / "failed.csv", failures)
+        annotated_path = None
+        if picks_table is not None:
+            local = {r["micrograph"]: local_ctf_from_result(r) for r in ordered}
+            annotated = add_local_defocus(picks_table, local)
+            annotated_path = out / "picks_local_defocus.csv"
+            with atomic_path(staged / annotated_path.name) as tmp:
+                annotated.to_csv(tmp, index=False)
+        write_provenance(staged, prov)
 
     if as_json:
         summary = {
@@ -212,7 +209,7 @@ def ctf(
             "results": ordered,
             "failed": [{"micrograph": m, "reason": r} for m, r in failures],
         }
-        typer.echo(json.dumps(_sanitize(summary), indent=2))
+        echo_json(summary)
     else:
         from rich.table import Table
 

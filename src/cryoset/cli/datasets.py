@@ -8,9 +8,9 @@ Examples::
     cryoset datasets download cryo2structdata --subset test --match '*7770*' --out data/c2s
     cryoset datasets download cryoppp --record 1234567 --subset 10028 --out data/cryoppp
     cryoset datasets download cryovirusdb --subset 10205 --out data/cryovirusdb --offline
-    cryoset datasets summary data/cryovirusdb/10205 --layout cryoppp
+    cryoset datasets summary data/cryovirusdb/10205 --layout cryoppp --json
     cryoset datasets import data/cryopanda/10017_particles.h5 --layout cryopanda --store store/
-    cryoset datasets crosscheck data/c2s/EMD-5168 prepared/EMD-5168 --json agreement.json
+    cryoset datasets crosscheck data/c2s/EMD-5168 prepared/EMD-5168 --out agreement.json
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, json_safe, option
 from cryoset.errors import InputError
 
 _LAYOUTS = ("cryoppp", "cryo2struct", "cryopanda")
 
+_SHAPE_HELP = "Height and width of the original micrographs, pixels (NY NX; for lite JPGs)."
 
-def _parse_shape(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    try:
-        ny, nx = (int(p) for p in parts)
-    except ValueError:
-        raise InputError("--original-shape", f"expected NY,NX (e.g. 4096,4096), got {text!r}") from None
-    if ny < 1 or nx < 1:
-        raise InputError("--original-shape", f"must be positive, got {text!r}")
-    return ny, nx
+
+def _check_shape(shape: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shape is not None and min(shape) < 1:
+        raise InputError("--micrograph-shape-px", f"must be positive, got {shape[0]} {shape[1]}")
+    return shape
 
 
 def register(app: typer.Typer) -> None:
@@ -45,25 +41,41 @@ def register(app: typer.Typer) -> None:
                         help="Published datasets (CryoVirusDB, CryoPPP, Cryo2StructData, cryoPANDA).")
 
     @group.command("list")
-    def list_() -> None:
+    def list_(as_json: bool = json_option()) -> None:
         """List the registered datasets.
 
-        Example: cryoset datasets list
+        Examples:
+
+            cryoset datasets list --json
         """
         from cryoset.datasets.registry import registry
 
+        if as_json:
+            echo_json({"datasets": [{"name": spec.name, "layout": spec.layout, "title": spec.title}
+                                    for spec in registry().values()]})
+            return
         for spec in registry().values():
             typer.echo(f"{spec.name:16s} {spec.layout:12s} {spec.title}")
 
     @group.command("info")
-    def info(name: str = typer.Argument(..., help="Dataset name (see `datasets list`).")) -> None:
+    def info(name: str = typer.Argument(..., help="Dataset name (see `datasets list`)."),
+             as_json: bool = json_option()) -> None:
         """Show where a dataset lives, its subsets, its layout and what is not known.
 
-        Example: cryoset datasets info cryoppp
+        Examples:
+
+            cryoset datasets info cryoppp --json
         """
         from cryoset.datasets.registry import get_spec
 
         spec = get_spec(name)
+        if as_json:
+            echo_json({"name": spec.name, "title": spec.title, "layout": spec.layout,
+                       "reference": spec.reference, "select_by": spec.select_by,
+                       "sources": [{"subset": src.subset, "host": src.host, "identifier": src.identifier,
+                                    "description": src.description} for src in spec.sources],
+                       "notes": spec.notes or None, "not_known": spec.not_known or None})
+            return
         typer.echo(f"{spec.name}: {spec.title}")
         typer.echo(f"layout: {spec.layout}")
         typer.echo(f"reference: {spec.reference}")
@@ -81,8 +93,9 @@ def register(app: typer.Typer) -> None:
     @group.command("download")
     def download(
         name: str = typer.Argument(..., help="Dataset name."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-        subset: list[str] = typer.Option([], "--subset", "-s", help="Subset (record name or EMPIAR id); repeatable."),
+        out: Path = option("out", ..., help="Output directory."),
+        subset: list[str] = typer.Option([], "--subset", "-s", metavar="SUBSET",
+                                         help="Subset (record name or EMPIAR id); repeatable."),
         record: str | None = typer.Option(None, "--record", help="Record override: Zenodo id or doi:…"),
         base_url: str | None = typer.Option(None, "--base-url", help="Host base URL override."),
         match: str | None = typer.Option(None, "--match", help="Glob on file names within the records."),
@@ -90,10 +103,15 @@ def register(app: typer.Typer) -> None:
         offline: bool = typer.Option(False, "--offline", help="Use only the cache."),
         retries: int = typer.Option(4, "--retries", min=0, help="Retries for transient failures."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the files, download nothing."),
+        as_json: bool = json_option(),
     ) -> None:
         """Download (resumable, verified, cached) and safely extract a published dataset.
 
-        Example: cryoset datasets download cryo2structdata --subset test --out data/c2s
+        Examples:
+
+            cryoset datasets download cryo2structdata --subset test --out data/c2s
+
+            cryoset datasets download cryoppp --subset 10028 --out data/cryoppp --dry-run --json
         """
         from rich.console import Console
         from rich.progress import (
@@ -105,13 +123,22 @@ def register(app: typer.Typer) -> None:
         )
 
         from cryoset.archives.download import HttpClient
+        from cryoset.cli._paths import require_directory_location
         from cryoset.datasets.registry import download_dataset, get_spec, list_remote_files
 
         spec = get_spec(name)
+        require_directory_location(out, "--out")
+        if cache is not None:
+            require_directory_location(cache, "--cache")
         client = HttpClient(cache_dir=cache or out / ".cache", offline=offline, retries=retries)
         if dry_run:
-            for rf in list_remote_files(spec, client, subsets=subset, record=record, base_url=base_url,
-                                        match=match):
+            remote = list_remote_files(spec, client, subsets=subset, record=record, base_url=base_url,
+                                       match=match)
+            if as_json:
+                echo_json({"files": [{"source": rf.source, "key": rf.key, "size_bytes": rf.size_bytes,
+                                      "checksum": rf.checksum} for rf in remote]})
+                return
+            for rf in remote:
                 size = "?" if rf.size_bytes is None else str(rf.size_bytes)
                 typer.echo(f"{rf.source}\t{rf.key}\t{size}\t{rf.checksum or ''}")
             return
@@ -126,6 +153,9 @@ def register(app: typer.Typer) -> None:
 
             result = download_dataset(spec, out, client, subsets=subset, record=record, base_url=base_url,
                                       match=match, progress=progress)
+        if as_json:
+            echo_json({"out": str(out), "files": list(result.files)})
+            return
         for f in result.files:
             kind = f"extracted ({f['n_members']} files)" if f["extracted"] else "file"
             typer.echo(f"{f['key']} -> {f['path']} [{kind}]")
@@ -134,16 +164,22 @@ def register(app: typer.Typer) -> None:
     def summary(
         path: Path = typer.Argument(..., help="An extracted entry (directory) or a cryoPANDA .h5."),
         layout: str = typer.Option(..., "--layout", help="cryoppp, cryo2struct or cryopanda."),
-        original_shape: str | None = typer.Option(None, "--original-shape",
-                                                  help="NY,NX of the original micrographs (lite JPGs)."),
-        table: Path | None = typer.Option(None, "--table", help="Write the particle table (CSV, canonical)."),
+        original_shape: tuple[int, int] | None = option("micrograph_shape_px", None, help=_SHAPE_HELP),
+        table: Path | None = option("out", None, help="Write the particle table (CSV, canonical)."),
+        as_json: bool = json_option(),
     ) -> None:
-        """Read an entry in a published layout and print what it holds (JSON).
+        """Read an entry in a published layout and print what it holds.
 
-        Example: cryoset datasets summary data/cryovirusdb/10205 --layout cryoppp --table picks.csv
+        Examples:
+
+            cryoset datasets summary data/cryovirusdb/10205 --layout cryoppp --out picks.csv --json
         """
-        summary_dict = _summary(path, layout, _parse_shape(original_shape), table)
-        typer.echo(json.dumps(summary_dict, indent=2, default=str))
+        summary_dict = _summary(path, layout, _check_shape(original_shape), table)
+        if as_json:
+            echo_json(summary_dict)
+        else:
+            for key, value in summary_dict.items():
+                typer.echo(f"{key}: {json.dumps(value, default=str)}")
 
     @group.command("import")
     def import_(
@@ -151,43 +187,75 @@ def register(app: typer.Typer) -> None:
         store: Path = typer.Option(..., "--store", help="Particle store (created if absent)."),
         layout: str = typer.Option(..., "--layout", help="cryopanda or cryoppp."),
         experiment: str | None = typer.Option(None, "--experiment", help="Experiment id (CryoPPP: required)."),
-        original_shape: str | None = typer.Option(None, "--original-shape", help="NY,NX (lite micrographs)."),
+        original_shape: tuple[int, int] | None = option("micrograph_shape_px", None, help=_SHAPE_HELP),
+        as_json: bool = json_option(),
     ) -> None:
         """Add published particles to a particle store (cryoPANDA HDF5 or CryoPPP stacks).
 
-        Example: cryoset datasets import data/cryopanda --layout cryopanda --store store/
+        Examples:
+
+            cryoset datasets import data/cryopanda --layout cryopanda --store store/
         """
+        from cryoset.cli._paths import require_directory_location
         from cryoset.provenance import make_provenance
         from cryoset.store.dataset import ParticleStore
 
+        if layout not in ("cryopanda", "cryoppp"):
+            raise InputError("--layout", f"must be cryopanda or cryoppp, not {layout!r}")
+        shape = _check_shape(original_shape)
+        if layout == "cryoppp" and experiment is None:
+            raise InputError("--experiment", "is required for a CryoPPP entry")
+        require_directory_location(store, "--store")
+        # the source is found and checked before the store is created or written
+        if layout == "cryopanda":
+            from cryoset.datasets.cryopanda import (
+                find_cryopanda_files,
+                import_cryopanda,
+                read_annotations,
+            )
+
+            files = find_cryopanda_files(path)
+            for f in files.values():
+                read_annotations(f)
+        else:
+            from cryoset.datasets.cryoppp import import_cryoppp_stacks, read_cryoppp
+
+            entry = read_cryoppp(path, original_shape=shape)
         ps = ParticleStore.open(store) if (store / "store.json").exists() else ParticleStore.create(store)
         prov = make_provenance("datasets import", {"layout": layout, "experiment": experiment}, [path])
         if layout == "cryopanda":
-            from cryoset.datasets.cryopanda import find_cryopanda_files, import_cryopanda
-
-            for exp, f in find_cryopanda_files(path).items():
+            added: dict[str, int] = {}
+            for exp, f in files.items():
                 n = import_cryopanda(f, ps, experiment or exp, provenance=prov)
-                typer.echo(f"{experiment or exp}: {n} particles")
+                added[experiment or exp] = n
+                if not as_json:
+                    typer.echo(f"{experiment or exp}: {n} particles")
         elif layout == "cryoppp":
-            from cryoset.datasets.cryoppp import import_cryoppp_stacks, read_cryoppp
-
-            if experiment is None:
+            if experiment is None:  # checked above; keeps the type checker informed
                 raise InputError("--experiment", "is required for a CryoPPP entry")
-            entry = read_cryoppp(path, original_shape=_parse_shape(original_shape))
             n = import_cryoppp_stacks(entry, ps, experiment, provenance=prov)
-            typer.echo(f"{experiment}: {n} particles")
+            added = {experiment: n}
+            if not as_json:
+                typer.echo(f"{experiment}: {n} particles")
         else:
             raise InputError("--layout", f"must be cryopanda or cryoppp, not {layout!r}")
+        if as_json:
+            echo_json({"store": str(store), "experiments": added, "particles": sum(added.values())})
 
     @group.command("crosscheck")
     def crosscheck(
         theirs: Path = typer.Argument(..., help="Published Cryo2StructData entry directory."),
         ours: Path = typer.Argument(..., help="Our `cryoset map prepare` output of the same map."),
-        json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON."),
+        json_out: Path | None = option("out", None, help="Write the full report as JSON to this file."),
+        as_json: bool = json_option("Print the full report as one JSON object on stdout."),
     ) -> None:
         """Agreement of label maps (per-label Dice, voxel agreement) and density correlation.
 
-        Example: cryoset datasets crosscheck c2s/EMD-5168 prepared/EMD-5168 --json report.json
+        Examples:
+
+            cryoset datasets crosscheck c2s/EMD-5168 prepared/EMD-5168 --out report.json
+
+            cryoset datasets crosscheck c2s/EMD-5168 prepared/EMD-5168 --json
         """
         from cryoset.datasets.cryo2struct import crosscheck as run_crosscheck
         from cryoset.datasets.cryo2struct import read_cryo2struct_entry
@@ -197,6 +265,12 @@ def register(app: typer.Typer) -> None:
         report = run_crosscheck(read_cryo2struct_entry(theirs), read_cryo2struct_entry(ours))
         if not any(r["label"] == -1 for r in report["labels"]):
             raise InputError(theirs, "no label map in common with ours to compare")
+        if json_out is not None:
+            write_text_atomic(json_out, json.dumps(json_safe(report), indent=2, default=str) + "\n")
+            write_provenance(json_out, make_provenance("datasets crosscheck", {}, [theirs, ours]))
+        if as_json:
+            echo_json(report)
+            return
         typer.echo(f"{report['emdb_id']}: offset {report['offset_vox']} vox, overlap {report['overlap_shape']}, "
                    f"density r = {report['density_correlation']:.4f}")
         typer.echo("map        label  n_ours  n_theirs  n_both  dice")
@@ -204,9 +278,6 @@ def register(app: typer.Typer) -> None:
             label = "all" if r["label"] == -1 else str(r["label"])
             typer.echo(f"{r['map']:10s} {label:>5s} {r['n_ours']:7d} {r['n_theirs']:9d} {r['n_both']:7d}  "
                        f"{r['dice']:.4f}")
-        if json_out is not None:
-            write_text_atomic(json_out, json.dumps(report, indent=2, default=str) + "\n")
-            write_provenance(json_out, make_provenance("datasets crosscheck", {}, [theirs, ours]))
 
     app.add_typer(group)
 
@@ -246,7 +317,7 @@ def _summary(path: Path, layout: str, original_shape: tuple[int, int] | None, ta
             frame = read_annotations(next(iter(files.values())))
     if table is not None:
         if frame is None:
-            raise InputError("--table", f"the {layout} layout has no single particle table here")
+            raise InputError("--out", f"the {layout} layout has no single particle table here")
         from cryoset.io.atomic import atomic_path
 
         with atomic_path(table) as tmp:

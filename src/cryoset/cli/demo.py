@@ -16,12 +16,21 @@ from pathlib import Path
 
 import typer
 
+from cryoset.cli._options import option
+
 
 def demo(
-    out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output directory."),
+    out: Path = option("out", Path("demo-output"), help="Output directory."),
     quick: bool = typer.Option(False, "--quick", help="Smaller inputs (for tests)."),
 ) -> None:
-    """Run the end-to-end demo and write OUT/report.html."""
+    """Run the end-to-end demo and write OUT/report.html (the numbers in OUT/demo.json).
+
+    Examples:
+
+        cryoset demo --out demo-output
+
+        cryoset demo --out /tmp/d --quick
+    """
     from rich.console import Console
 
     from cryoset.pipeline.demo import run_demo

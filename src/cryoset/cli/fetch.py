@@ -2,9 +2,11 @@
 
 Downloads are parallel, resumable, verified and atomic, kept in a cache directory
 (``--cache``, default ``$CRYOSET_CACHE`` or ``~/.cache/cryoset``); ``--offline`` uses the
-cache only. Archive base URLs can be pointed at a mirror with the environment variables
-``CRYOSET_EMPIAR_API_URL``, ``CRYOSET_EMPIAR_FILES_URL``, ``CRYOSET_EMDB_FILES_URL``,
-``CRYOSET_PDB_FILES_URL`` and ``CRYOSET_PDB_FASTA_URL``.
+cache only; ``--max-download-gb`` caps the size of any one file (default 500 GB). Only
+http(s) URLs are fetched, redirects may not leave the host or drop to http, and names from
+a listing can never leave the cache. Archive base URLs can be pointed at a mirror with the
+environment variables ``CRYOSET_EMPIAR_API_URL``, ``CRYOSET_EMPIAR_FILES_URL``,
+``CRYOSET_EMDB_FILES_URL``, ``CRYOSET_PDB_FILES_URL`` and ``CRYOSET_PDB_FASTA_URL``.
 
 Examples::
 
@@ -25,19 +27,26 @@ from typing import Any
 
 import typer
 
-from cryoset.archives.download import DownloadRequest, HttpClient
+from cryoset.archives.download import DownloadRequest, HttpClient, Limits
+from cryoset.cli._options import echo_json, json_option, option
 
 group = typer.Typer(help="Fetch metadata and files from EMPIAR, EMDB and the PDB.", no_args_is_help=True)
 
-CacheOpt = typer.Option(None, "--cache", help="Cache directory (default $CRYOSET_CACHE or ~/.cache/cryoset).")
+CacheOpt = typer.Option(None, "--cache", metavar="DIR", help="Cache directory (default $CRYOSET_CACHE or ~/.cache/cryoset).")
 OfflineOpt = typer.Option(False, "--offline", help="Use only the cache; never touch the network.")
-JsonOpt = typer.Option(False, "--json", help="Print a JSON summary.")
-WorkersOpt = typer.Option(4, "--workers", min=1, help="Parallel downloads.")
+JsonOpt = json_option()
+WorkersOpt = option("workers", 4, min=1, help="Parallel downloads.")
+MaxDownloadOpt = typer.Option(Limits().max_download_bytes / 1e9, "--max-download-gb", min=1e-9, metavar="GB",
+                              help="Refuse any file larger than this many GB (10^9 bytes).")
 
 
-def _http(cache: Path | None, offline: bool) -> HttpClient:
+def _http(cache: Path | None, offline: bool, max_download_gb: float | None = None) -> HttpClient:
+    from cryoset.cli._paths import require_directory_location
+
     root = cache or Path(os.environ.get("CRYOSET_CACHE", Path.home() / ".cache" / "cryoset"))
-    return HttpClient(cache_dir=Path(root), offline=offline)
+    require_directory_location(root, "--cache" if cache is not None else "$CRYOSET_CACHE")
+    limits = Limits() if max_download_gb is None else Limits(max_download_bytes=max(1, int(max_download_gb * 1e9)))
+    return HttpClient(cache_dir=Path(root), offline=offline, limits=limits)
 
 
 def _url(env: str, default: str) -> str:
@@ -65,10 +74,11 @@ def _pdb(http: HttpClient):  # type: ignore[no-untyped-def]
 
 
 def _download(http: HttpClient, reqs: list[DownloadRequest], workers: int) -> list[Path]:
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), transient=True) as progress:
+                  TransferSpeedColumn(), transient=True, console=Console(stderr=True)) as progress:
         tasks = {r.url: progress.add_task(Path(r.dest).name, total=r.size_bytes) for r in reqs}
 
         def update(url: str, done: int, total: int | None) -> None:
@@ -84,7 +94,7 @@ def _download(http: HttpClient, reqs: list[DownloadRequest], workers: int) -> li
 
 def _emit(obj: Any, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(obj, indent=2, default=str))
+        echo_json(obj if isinstance(obj, dict) else {"items": obj})
     else:
         for key, value in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
             typer.echo(f"{key}: {value}")
@@ -104,10 +114,17 @@ def empiar_cmd(
     directory: str = typer.Option("data", "--directory", help="Directory under the entry to list."),
     gain: bool = typer.Option(False, "--gain", help="Download the gain reference(s)."),
     cache: Path | None = CacheOpt, offline: bool = OfflineOpt, workers: int = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, max_download_gb: float = MaxDownloadOpt,
 ) -> None:
-    """EMPIAR entry metadata, and optionally its files."""
-    http = _http(cache, offline)
+    """EMPIAR entry metadata, and optionally its files.
+
+    Examples:
+
+        cryoset fetch empiar 10028 --json
+
+        cryoset fetch empiar 10028 --files '*.mrc' --count 5
+    """
+    http = _http(cache, offline, max_download_gb)
     client = _empiar(http)
     entry = client.entry(empiar_id)
     summary: dict[str, Any] = _asdict(entry)
@@ -129,10 +146,17 @@ def emdb_cmd(
     half_maps: bool = typer.Option(False, "--half-maps", help="Also download the half maps."),
     masks: bool = typer.Option(False, "--masks", help="Also download the deposited masks."),
     cache: Path | None = CacheOpt, offline: bool = OfflineOpt, workers: int = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, max_download_gb: float = MaxDownloadOpt,
 ) -> None:
-    """EMDB entry metadata and its map, half maps and masks (``.gz`` decompressed on arrival)."""
-    http = _http(cache, offline)
+    """EMDB entry metadata and its map, half maps and masks (``.gz`` decompressed on arrival).
+
+    Examples:
+
+        cryoset fetch emdb 5168 --metadata-only --json
+
+        cryoset fetch emdb 5168 --half-maps --masks
+    """
+    http = _http(cache, offline, max_download_gb)
     client = _emdb(http)
     entry = client.entry(emdb_id)
     summary = _asdict(entry)
@@ -150,9 +174,15 @@ def emdb_cmd(
 def pdb_cmd(
     pdb_id: str = typer.Argument(..., help="PDB id, e.g. 3MFP."),
     cache: Path | None = CacheOpt, offline: bool = OfflineOpt, as_json: bool = JsonOpt,
+    max_download_gb: float = MaxDownloadOpt,
 ) -> None:
-    """PDB model (mmCIF) and entity sequences."""
-    http = _http(cache, offline)
+    """PDB model (mmCIF) and entity sequences.
+
+    Examples:
+
+        cryoset fetch pdb 3MFP --json
+    """
+    http = _http(cache, offline, max_download_gb)
     client = _pdb(http)
     seqs = client.sequences(pdb_id)
     path = _download(http, [client.model_request(pdb_id)], 1)[0]
@@ -162,14 +192,31 @@ def pdb_cmd(
 @group.command("record")
 def record_cmd(
     ids: list[str] = typer.Argument(..., help="EMPIAR and/or EMDB accessions of ONE experiment."),
-    out: Path | None = typer.Option(None, "--out", help="Append the record to this JSON list file."),
+    out: Path | None = option("out", None, help="Append the record to this JSON list file."),
     cache: Path | None = CacheOpt, offline: bool = OfflineOpt, as_json: bool = JsonOpt,
 ) -> None:
-    """Build one experiment record (catalogue row) from archive metadata."""
+    """Build one experiment record (catalogue row) from archive metadata.
+
+    Examples:
+
+        cryoset fetch record EMPIAR-10028 EMD-5168 --out experiments.json
+    """
     from cryoset.archives.records import experiment_record
     from cryoset.errors import InputError
     from cryoset.io.atomic import write_text_atomic
 
+    existing: list[Any] = []
+    if out is not None:  # the list to append to is read (and checked) before any download
+        from cryoset.cli._paths import require_file_location
+
+        require_file_location(out, "--out")
+        if out.exists():
+            try:
+                existing = json.loads(out.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InputError(out, f"not a JSON list of records ({' '.join(str(exc).split())})") from None
+            if not isinstance(existing, list) or not all(isinstance(r, dict) for r in existing):
+                raise InputError(out, "not a JSON list of records")
     http = _http(cache, offline)
     empiar_entry = None
     emdb_entries = []
@@ -187,14 +234,6 @@ def record_cmd(
     sequences = {p: pdb.sequences(p) for p in sorted({p for e in emdb_entries for p in e.pdb_ids})}
     record = experiment_record(empiar_entry, emdb_entries, sequences)
     if out is not None:
-        existing: list[Any] = []
-        if out.exists():
-            try:
-                existing = json.loads(out.read_text())
-            except ValueError as exc:
-                raise InputError(out, f"not a JSON list of records ({exc})") from None
-            if not isinstance(existing, list):
-                raise InputError(out, "not a JSON list of records")
         existing = [r for r in existing if r.get("experiment_id") != record["experiment_id"]]
         write_text_atomic(out, json.dumps([*existing, record], indent=2, default=str) + "\n")
         from cryoset.provenance import make_provenance, write_provenance

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".ccp4"}
@@ -56,12 +57,14 @@ def detect_kind(path: Path) -> str:
     raise InputError(path, f"unknown file type {suffix or '(no suffix)'!r}")
 
 
-def _summarise_mrc(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+def _summarise_mrc(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
     from cryoset.io.mrc import read_header, read_stack
 
-    read_stack(path)  # checks the data block is complete (lazily: nothing is loaded)
-    h = read_header(path)
-    shape_zyx = [int(h["nz"]), int(h["ny"]), int(h["nx"])]
+    # checks the data block is complete and matches the header (lazily: nothing is loaded); a
+    # volume stored with permuted axes is fine, an image stack must be stored (1, 2, 3)
+    read_stack(path, permissive=permissive)
+    h = read_header(path, permissive=permissive)
+    shape_zyx = [int(v) for v in h["shape_zyx"]]  # after MAPC/MAPR/MAPS, like the data read
     return {
         "kind": "mrc",
         "shape_zyx": shape_zyx,
@@ -76,52 +79,56 @@ def _summarise_mrc(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
     }
 
 
-def _summarise_image(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+def _summarise_image(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
     from cryoset.io.images import read_image
 
-    img = read_image(path)
+    img = read_image(path, permissive=permissive)
     return {"kind": "image", "format": img.source_format, "shape_yx": list(img.data.shape),
             "bit_depth": img.bit_depth, "min": float(img.data.min()), "max": float(img.data.max())}
 
 
-def _summarise_star(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
-    from cryoset.io.star import read_star
+def _summarise_star(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
+    from cryoset.io.star import describe_blocks, read_star
 
-    blocks = read_star(path)
+    blocks = read_star(path, permissive=permissive)
     out: dict[str, Any] = {"kind": "star",
                            "blocks": {name: {"rows": len(df), "columns": list(map(str, df.columns))}
                                       for name, df in blocks.items()}}
     if any("rlnImageName" in df.columns for df in blocks.values()):
         from cryoset.io.particles import read_particles
 
-        ps = read_particles(path, micrograph_shape=shape)
+        ps = read_particles(path, micrograph_shape=shape, permissive=permissive)
         out["particles"] = len(ps.table)
         out["optics_groups"] = 0 if ps.optics is None else len(ps.optics)
+        if "ctf_phase_flipped" in ps.table.columns:
+            out["phase_flipped"] = int(ps.table["ctf_phase_flipped"].fillna(0).astype(bool).sum())
+    else:
+        out["contents"] = describe_blocks(blocks)
     return out
 
 
-def _summarise_cs(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+def _summarise_cs(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
     from cryoset.io.cryosparc import read_cs
 
-    arr = read_cs(path)
+    arr = read_cs(path, permissive=permissive)
     names = list(arr.dtype.names or ())
     return {"kind": "cs", "rows": int(arr.shape[0]), "fields": names}
 
 
-def _summarise_model(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+def _summarise_model(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
     from cryoset.io.structure import read_structure
 
-    model = read_structure(path)
+    model = read_structure(path, permissive=permissive)
     seqs = model.modelled_sequences()
     return {"kind": "model", "atoms": len(model.atoms), "chains": sorted(seqs),
             "residues_per_chain": {c: len(s) for c, s in seqs.items()},
             "helices": len(model.helices), "sheets": len(model.sheets)}
 
 
-def _summarise_coords(path: Path, shape: tuple[int, int] | None) -> dict[str, Any]:
+def _summarise_coords(path: Path, shape: tuple[int, int] | None, permissive: bool = False) -> dict[str, Any]:
     from cryoset.io.coords import read_coords
 
-    picks = read_coords(path, micrograph_shape=shape)
+    picks = read_coords(path, micrograph_shape=shape, permissive=permissive)
     return {"kind": "coords", "picks": len(picks),
             "micrographs": sorted(map(str, picks["micrograph"].unique())),
             "x_px_range": [float(picks["x_px"].min()), float(picks["x_px"].max())] if len(picks) else [],
@@ -132,36 +139,54 @@ _SUMMARISERS = {"mrc": _summarise_mrc, "image": _summarise_image, "star": _summa
                 "cs": _summarise_cs, "model": _summarise_model, "coords": _summarise_coords}
 
 
-def summarise(path: Path, micrograph_shape: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Summary of one file (raises :class:`InputError` when it cannot be read)."""
+def summarise(path: Path, micrograph_shape: tuple[int, int] | None = None, *,
+              permissive: bool = False) -> dict[str, Any]:
+    """Summary of one file (raises :class:`InputError` when it cannot be read).
+
+    ``permissive`` is passed to the file's reader (skip malformed rows, tolerate header
+    problems, as each reader documents).
+    """
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a directory")
-    return {"path": str(path), **_SUMMARISERS[detect_kind(path)](path, micrograph_shape)}
+    return {"path": str(path), **_SUMMARISERS[detect_kind(path)](path, micrograph_shape, permissive)}
 
 
 def info(
     files: list[Path] = typer.Argument(..., help="Files to summarise."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file as a JSON list."),
-    micrograph_shape: tuple[int, int] | None = typer.Option(
-        None, "--micrograph-shape", help="Micrograph height and width (NY NX) for y-flipped coordinate "
-        "files (CryoPPP CSV) and bounds checks."),
+    as_json: bool = json_option("Print one JSON object: files (one summary per file) and errors (unreadable files)."),
+    micrograph_shape: tuple[int, int] | None = option(
+        "micrograph_shape_px", None, help="Micrograph height and width, pixels (NY NX), for y-flipped "
+        "coordinate files (CryoPPP CSV) and bounds checks."),
+    permissive: bool = typer.Option(False, "--permissive", help="Tolerate what the readers can skip "
+                                    "(malformed STAR rows, incomplete .cs field groups, MRC header "
+                                    "problems, off-micrograph picks)."),
 ) -> None:
-    """Summarise any supported file (maps, stacks, images, STAR, .cs, coordinates, models)."""
+    """Summarise any supported file (maps, stacks, images, STAR, .cs, coordinates, models).
+
+    Examples:
+
+        cryoset info emd_5168.map
+
+        cryoset info particles.star picks.box 3MFP.pdb --json
+    """
     from rich.console import Console
     from rich.table import Table
 
+    if micrograph_shape is not None and min(micrograph_shape) < 1:
+        raise InputError("--micrograph-shape-px", f"must be two positive sizes (NY NX), got {micrograph_shape}")
     summaries: list[dict[str, Any]] = []
-    failed = False
+    errors: list[dict[str, str]] = []
     for path in files:
         try:
-            summaries.append(summarise(path, micrograph_shape))
+            summaries.append(summarise(path, micrograph_shape, permissive=permissive))
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed = True
+            errors.append({"path": str(path), "error": exc.message})
+    failed = bool(errors)
     if as_json:
-        typer.echo(json.dumps(summaries, indent=2, default=str))
+        echo_json({"files": summaries, "errors": errors})
     else:
         console = Console()
         for s in summaries:

@@ -2,18 +2,23 @@
 
 Every command group lives in its own module under ``cryoset.cli`` and exposes
 ``register(app: typer.Typer) -> None``. This file is the one place where they are
-registered. Bad input (:class:`cryoset.errors.InputError`, usage errors) is printed
-as one line on stderr with exit code 2 and no traceback.
+registered. Bad input (:class:`cryoset.errors.InputError`, usage errors, and operating-system
+errors about a path: a missing input, an output whose parent is a regular file) is printed
+as one line on stderr, naming the file or parameter, with exit code 2 and no traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import Path
 
 import typer
 
 from cryoset import __version__
+from cryoset.cli._options import VocabularyGroup, use_vocabulary
+from cryoset.cli._paths import blocking_file
 from cryoset.errors import InputError
 
 #: Modules under ``cryoset.cli`` whose ``register`` adds commands, in help order.
@@ -29,11 +34,21 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reconstruct",
     "maps",
     "trace",
+    "predict",
+    "train",
     "store",
     "build",
     "fetch",
     "datasets",
 )
+
+
+#: Operating-system errors about one path (a missing or unreadable input, an output whose
+#: parent is a regular file): printed as one line naming the path, exit code 2.
+PATH_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError,
+)
+_USER_ERRORS: tuple[type[Exception], ...] = (InputError, typer.TyperException, *PATH_ERRORS)
 
 
 def _version_callback(value: bool) -> None:
@@ -46,6 +61,7 @@ def build_app() -> typer.Typer:
     """Create the Typer application with every command group registered."""
     app = typer.Typer(
         name="cryoset",
+        cls=VocabularyGroup,
         help="Turn raw cryo-EM data into curated, annotated, AI-ready datasets.",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
@@ -64,22 +80,49 @@ def build_app() -> typer.Typer:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cryoset.cli.{name}")
         module.register(app)
+    use_vocabulary(app)  # old option spellings, no Python types in help (cli/_options.py)
     return app
+
+
+def _one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) library message into one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """Name the path an operating-system error is about (and the regular file in its way)."""
+    name = exc.filename
+    reason = (exc.strerror or str(exc)).strip().lower() or type(exc).__name__
+    if name is None:
+        return f"error: {reason}"
+    path = Path(os.fsdecode(name))
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        blocker = blocking_file(path)
+        if blocker is not None and blocker == path:
+            return f"error: {path}: exists and is not a directory, so nothing can be written under it"
+        if blocker is not None:
+            return (f"error: {blocker}: is a regular file, not a directory, so {path} "
+                    "cannot be created under it")
+    if isinstance(exc, FileNotFoundError):
+        return f"error: {path}: no such file or directory"
+    if isinstance(exc, IsADirectoryError):
+        return f"error: {path}: is a directory"
+    if isinstance(exc, PermissionError):
+        return f"error: {path}: permission denied"
+    return f"error: {path}: {reason}"
 
 
 def error_line(exc: BaseException) -> str:
     """The one line printed for a user-facing error."""
     if isinstance(exc, InputError):
-        return f"error: {exc}"
-    if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
-        return f"error: {exc.format_message()}"
-    if isinstance(exc, FileNotFoundError):
-        return f"error: {exc.filename}: no such file"
-    if isinstance(exc, IsADirectoryError):
-        return f"error: {exc.filename}: is a directory"
-    if isinstance(exc, PermissionError):
-        return f"error: {exc.filename}: permission denied"
-    return f"error: {exc}"
+        line = f"error: {exc}"
+    elif isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
+        line = f"error: {exc.format_message()}"
+    elif isinstance(exc, OSError):
+        line = _os_error_line(exc)
+    else:
+        line = f"error: {exc}"
+    return _one_line(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
-    except (InputError, typer.TyperException, FileNotFoundError, IsADirectoryError,
-            PermissionError) as exc:
+    except _USER_ERRORS as exc:
         print(error_line(exc), file=sys.stderr)
         return 2
     return int(result) if isinstance(result, int) else 0

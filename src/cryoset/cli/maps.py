@@ -3,7 +3,7 @@
 Examples::
 
     cryoset map prepare emd_5168.map --model 3MFP.pdb --out data/EMD-5168
-    cryoset map prepare emd_1832.map --out data/EMD-1832 --method fourier
+    cryoset map prepare emd_1832.map --out data/EMD-1832 --method fourier --voxel-size-a 1.0
     cryoset map subgrids data/EMD-5168/emd_normalized_map.mrc --out density.zarr
     cryoset map stitch data/EMD-5168/subgrids.zarr --array ca --out ca.mrc
     cryoset map build maps.csv --out data --workers 2 --test-list test_ids.txt
@@ -11,12 +11,12 @@ Examples::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 _METHODS = ("trilinear", "fourier")
@@ -29,11 +29,11 @@ def _options(voxel_size: float, method: str, percentile: float, box: int, overla
     if method not in _METHODS:
         raise InputError("--method", f"must be one of {', '.join(_METHODS)}, not {method!r}")
     if voxel_size <= 0:
-        raise InputError("--voxel-size", f"must be positive, got {voxel_size}")
+        raise InputError("--voxel-size-a", f"must be positive, got {voxel_size}")
     if not 0 < percentile <= 100:
         raise InputError("--percentile", f"must be in (0, 100], got {percentile}")
     if box < 1 or overlap < 0 or box - 2 * overlap < 1:
-        raise InputError("--box/--overlap", f"box {box} with overlap {overlap} leaves no core")
+        raise InputError("--box-px/--overlap-px", f"box {box} with overlap {overlap} leaves no core")
     return PrepareOptions(voxel_size_a=voxel_size, method=method,  # type: ignore[arg-type]
                           percentile=percentile, box=box, overlap=overlap, subgrids=subgrids)
 
@@ -49,18 +49,23 @@ def register(app: typer.Typer) -> None:
     @group.command("prepare")
     def prepare(
         map_path: Path = typer.Argument(..., metavar="MAP", help="EMDB map (MRC/CCP4, may be .gz)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-        model: Path | None = typer.Option(None, "--model", help="Deposited model (PDB/mmCIF) in the map frame."),
-        voxel_size: float = typer.Option(1.0, "--voxel-size", help="Target voxel size in Å."),
+        out: Path = option("out", ..., help="Output directory."),
+        model: Path | None = typer.Option(None, "--model", metavar="PATH", help="Deposited model (PDB/mmCIF) in the map frame."),
+        voxel_size: float = option("voxel_size_a", 1.0, help="Target voxel size, Å."),
         method: str = typer.Option("trilinear", "--method", help="Resampling: trilinear or fourier."),
-        percentile: float = typer.Option(95.0, "--percentile", help="Percentile of positive values → 1."),
-        box: int = typer.Option(32, "--box", help="Sub-grid edge in voxels."),
-        overlap: int = typer.Option(6, "--overlap", help="Sub-grid overlap on each face in voxels."),
+        percentile: float = typer.Option(95.0, "--percentile", metavar="PERCENT", help="Percentile of positive values → 1."),
+        box: int = option("box_px", 32, help="Sub-grid edge, voxels."),
+        overlap: int = option("overlap_px", 6),
         subgrids: bool = typer.Option(True, "--subgrids/--no-subgrids", help="Also write subgrids.zarr."),
+        as_json: bool = json_option(),
     ) -> None:
-        """Resample to --voxel-size, normalise and (with --model) write the four label maps.
+        """Resample to --voxel-size-a, normalise and (with --model) write the four label maps.
 
-        Example: cryoset map prepare emd_5168.map --model 3MFP.pdb --out EMD-5168
+        Examples:
+
+            cryoset map prepare emd_5168.map --model 3MFP.pdb --out EMD-5168
+
+            cryoset map prepare emd_5168.map --voxel-size-a 1.0 --out EMD-5168 --json
         """
         from cryoset.maps.dataset import prepare_map
 
@@ -70,22 +75,30 @@ def register(app: typer.Typer) -> None:
             raise InputError(model, "no such model file")
         row = prepare_map(map_path, out, model,
                           options=_options(voxel_size, method, percentile, box, overlap, subgrids))
+        if row.get("warnings"):
+            typer.echo(f"warning: {row['warnings']}", err=True)
         keys = ("shape_z", "shape_y", "shape_x", "n_ca", "n_ca_labelled", "n_atoms_outside",
                 "n_collisions", "ca_exact_fraction", "secondary_source", "mrc_valid", "n_subgrids")
-        typer.echo(json.dumps({k: row[k] for k in keys if k in row}, default=str))
+        result = {k: row[k] for k in keys if k in row}
+        if as_json:
+            echo_json(result)
+        else:
+            for key, value in result.items():
+                typer.echo(f"{key}: {value}")
 
     @group.command("subgrids")
     def subgrids_cmd(
         maps: list[Path] = typer.Argument(..., metavar="MRC...", help="Same-shape maps; the first is 'density'."),
-        out: Path = typer.Option(..., "--out", "-o", help="Zarr store to write."),
-        names: str | None = typer.Option(None, "--names", help="Comma-separated array names (default: file stems)."),
-        box: int = typer.Option(32, "--box", help="Sub-grid edge in voxels."),
-        overlap: int = typer.Option(6, "--overlap", help="Overlap on each face in voxels."),
+        out: Path = option("out", ..., help="Zarr store to write."),
+        names: str | None = typer.Option(None, "--names", metavar="NAMES", help="Comma-separated array names (default: file stems)."),
+        box: int = option("box_px", 32, help="Sub-grid edge, voxels."),
+        overlap: int = option("overlap_px", 6),
     ) -> None:
         """Cut maps into overlapping sub-grids stored as one Zarr v3 group.
 
-        Example: cryoset map subgrids emd_normalized_map.mrc atom_ca_emd_normalized_map.mrc
-        --names density,ca --out sub.zarr
+        Examples:
+
+            cryoset map subgrids emd_normalized_map.mrc atom_ca_emd_normalized_map.mrc --names density,ca --out sub.zarr
         """
         from cryoset.io.mrc import read_map
         from cryoset.maps.dataset import write_subgrids
@@ -109,12 +122,15 @@ def register(app: typer.Typer) -> None:
     @group.command("stitch")
     def stitch_cmd(
         store: Path = typer.Argument(..., metavar="ZARR", help="Sub-grid store (from prepare or subgrids)."),
-        out: Path = typer.Option(..., "--out", "-o", help="MRC file to write."),
-        array: str = typer.Option("density", "--array", help="Which array to stitch."),
+        out: Path = option("out", ..., help="MRC file to write."),
+        array: str = typer.Option("density", "--array", metavar="NAME", help="Which array to stitch."),
+        as_json: bool = json_option(),
     ) -> None:
         """Rebuild a full map from the cores of its sub-grids.
 
-        Example: cryoset map stitch EMD-5168/subgrids.zarr --array ca --out ca.mrc
+        Examples:
+
+            cryoset map stitch EMD-5168/subgrids.zarr --array ca --out ca.mrc
         """
         import numpy as np
 
@@ -129,25 +145,32 @@ def register(app: typer.Typer) -> None:
         data = vol.astype(np.float32) if vol.dtype.kind == "f" else vol.astype(np.int8)
         write_map(out, data, voxel, origin, provenance=prov,
                   dtype="float32" if vol.dtype.kind == "f" else "int8")
-        typer.echo(f"wrote {out} {tuple(vol.shape)}")
+        if as_json:
+            echo_json({"out": str(out), "shape_zyx": list(vol.shape), "voxel_size_a": list(voxel)})
+        else:
+            typer.echo(f"wrote {out} {tuple(vol.shape)}")
 
     @group.command("build")
     def build(
         map_list: Path = typer.Argument(..., metavar="LIST", help="CSV: emdb_id,map[,model,resolution_a,pdb_id]."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output root directory."),
-        workers: int = typer.Option(2, "--workers", "-j", help="Worker processes."),
+        out: Path = option("out", ..., help="Output root directory."),
+        workers: int = option("workers", 2, help="Worker processes."),
         test_list: Path | None = typer.Option(None, "--test-list", help="File of EMDB ids (one a line) for the test set."),
-        validation_fraction: float = typer.Option(0.1, "--validation-fraction", help="Per resolution stratum."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
-        voxel_size: float = typer.Option(1.0, "--voxel-size", help="Target voxel size in Å."),
+        validation_fraction: float = typer.Option(0.1, "--validation-fraction", metavar="FRACTION",
+                                                  help="Validation share per resolution stratum."),
+        seed: int = option("seed", 0, help="Seed of the train/validation split."),
+        voxel_size: float = option("voxel_size_a", 1.0, help="Target voxel size, Å."),
         method: str = typer.Option("trilinear", "--method", help="Resampling: trilinear or fourier."),
-        percentile: float = typer.Option(95.0, "--percentile", help="Percentile of positive values → 1."),
-        box: int = typer.Option(32, "--box", help="Sub-grid edge."),
-        overlap: int = typer.Option(6, "--overlap", help="Sub-grid overlap."),
+        percentile: float = typer.Option(95.0, "--percentile", metavar="PERCENT", help="Percentile of positive values → 1."),
+        box: int = option("box_px", 32, help="Sub-grid edge, voxels."),
+        overlap: int = option("overlap_px", 6),
+        as_json: bool = json_option(),
     ) -> None:
         """Prepare every map of LIST in parallel; write metadata.parquet/.csv with splits.
 
-        Example: cryoset map build maps.csv --out dataset --workers 2 --test-list test.txt
+        Examples:
+
+            cryoset map build maps.csv --out dataset --workers 2 --test-list test.txt
         """
         from rich.progress import (
             BarColumn,
@@ -171,8 +194,11 @@ def register(app: typer.Typer) -> None:
             test_ids = [ln.strip() for ln in test_list.read_text(encoding="utf-8").splitlines()
                         if ln.strip() and not ln.startswith("#")]
         n = len(read_map_list(map_list))
+        out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails here, before any work
+        from rich.console import Console
+
         with Progress(TextColumn("maps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}")) as progress:
+                      TextColumn("{task.description}"), console=Console(stderr=True)) as progress:
             task = progress.add_task("", total=n)
 
             def done(row: dict[str, Any]) -> None:
@@ -185,8 +211,13 @@ def register(app: typer.Typer) -> None:
         for _, r in failed.iterrows():
             typer.echo(f"failed: {r['emdb_id']}: {r['error']}", err=True)
         counts = table["split"].value_counts().to_dict()
-        typer.echo(f"{len(table) - len(failed)}/{len(table)} maps prepared; splits {counts}; "
-                   f"metadata in {out / 'metadata.parquet'}")
+        if as_json:
+            echo_json({"out": str(out), "maps": len(table), "prepared": len(table) - len(failed),
+                       "failed": [str(e) for e in failed["emdb_id"]], "splits": counts,
+                       "metadata": str(out / "metadata.parquet")})
+        else:
+            typer.echo(f"{len(table) - len(failed)}/{len(table)} maps prepared; splits {counts}; "
+                       f"metadata in {out / 'metadata.parquet'}")
         if len(failed):
             raise typer.Exit(1)
 

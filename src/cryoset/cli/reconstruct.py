@@ -4,7 +4,7 @@ Examples
 --------
 cryoset reconstruct particles.star --out map.mrc
 
-cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd_1234.map --box 96
+cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd_1234.map --box-px 96
 
 cryoset reconstruct particles.star --out map.mrc --snr 10 --no-ctf --json
 
@@ -13,7 +13,6 @@ cryoset reconstruct particles.star --out raw.mrc --no-gridding-correction
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 
@@ -51,35 +51,38 @@ def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
         particles: Path = typer.Argument(..., help="Particle STAR file with angles, shifts and CTF."),
-        out: Path = typer.Option(..., "--out", help="Output map (.mrc); half maps and FSC go beside it."),
+        out: Path = option("out", ..., help="Output map (.mrc); half maps and FSC go beside it."),
         symmetry: str = typer.Option("C1", "--symmetry", help="Point group: C1, Cn or Dn."),
         reference: Path | None = typer.Option(None, "--reference", help="Map to compare with (FSC at 0.5 and 0.143)."),
         snr: float | None = typer.Option(None, "--snr", help="Fixed Wiener SNR (default: per shell from the half-map FSC)."),
-        box: int = typer.Option(0, "--box", help="Fourier-crop images to this box first (0: keep)."),
+        box: int = option("box_px", 0, help="Fourier-crop images to this box edge first, pixels (0: keep)."),
         use_ctf: bool = typer.Option(True, "--ctf/--no-ctf", help="Correct for the particles' CTFs."),
         gridding: bool = typer.Option(True, "--gridding-correction/--no-gridding-correction",
                                       help="Divide by the trilinear kernel's sinc² apodisation inside the "
                                            "inscribed sphere and zero the corners (default); off: the "
                                            "uncorrected estimate."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the half split when rlnRandomSubset is absent."),
+        seed: int = option("seed", 0, help="Seed of the half split when rlnRandomSubset is absent."),
         permissive: bool = typer.Option(False, "--permissive", help="Open non-conforming MRC stacks/maps."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        as_json: bool = json_option(),
     ) -> None:
         """Reconstruct a map from particles with known poses (Wiener-weighted direct Fourier
         inversion), with half maps, gold-standard FSC (0.143), an optional FSC against a
         reference map, and an FSC plot. Maps are gridding-corrected (sinc² of the padded grid)
         inside the inscribed sphere and zero outside it unless --no-gridding-correction.
 
-        Examples: [bold]cryoset reconstruct particles.star --out map.mrc[/bold];
-        [bold]cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd.map --box 96[/bold]
+        Examples:
+
+            cryoset reconstruct particles.star --out map.mrc
+
+            cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd.map --box-px 96
         """
         from rich.console import Console
         from rich.progress import Progress
 
-        from cryoset.classify.data import ctf_parameters, has_ctf, load_star
+        from cryoset.classify.data import ctf_parameters, load_star, require_ctf
         from cryoset.geometry import euler_to_matrix
         from cryoset.io.atomic import atomic_path
-        from cryoset.io.mrc import read_map, write_map
+        from cryoset.io.mrc import MapData, read_map, write_map
         from cryoset.provenance import make_provenance, write_provenance
         from cryoset.recon.fsc import fourier_shell_correlation, resolution_at
         from cryoset.recon.reconstruct import reconstruct
@@ -90,6 +93,9 @@ def register(app: typer.Typer) -> None:
             raise InputError("--snr", f"must be > 0, got {snr}")
         if out.suffix.lower() not in (".mrc", ".map"):
             raise InputError(out, "output map must end in .mrc or .map")
+        from cryoset.cli._paths import require_file_location
+
+        require_file_location(out, "--out")
         data = load_star(particles, box=box, permissive=permissive)
         t = data.table
         missing = [c for c in ("rot_deg", "tilt_deg", "psi_deg") if c not in t.columns or t[c].isna().any()]
@@ -106,9 +112,18 @@ def register(app: typer.Typer) -> None:
                 shifts[:, j] = t[col].fillna(0.0).to_numpy(np.float64) / data.pixel_size_a
         ctf = None
         if use_ctf:
-            if not has_ctf(t):
-                raise InputError(particles, "particles lack CTF parameters (use --no-ctf)")
+            require_ctf(t, particles)
             ctf = ctf_parameters(t)
+        ref: MapData | None = None  # read and checked before any work is done
+        if reference is not None:
+            ref = read_map(reference, permissive=permissive)
+            b = data.images.shape[-1]
+            if ref.data.shape != (b, b, b):
+                raise InputError(reference, f"shape {ref.data.shape} differs from the reconstruction "
+                                            f"{(b, b, b)} (use --box-px to match)")
+            if not np.allclose(ref.voxel_size_a, data.pixel_size_a, rtol=0.01):
+                raise InputError(reference, f"voxel size {ref.voxel_size_a} differs from "
+                                            f"{data.pixel_size_a:.4f} Å")
         subsets = None
         if "random_subset" in t.columns and t["random_subset"].isin([1, 2]).all() \
                 and t["random_subset"].nunique() == 2:
@@ -138,13 +153,7 @@ def register(app: typer.Typer) -> None:
             "gridding_correction": gridding, "map": str(out),
         }
         columns = {"freq_per_a": rec.fsc.freq_per_a, "fsc_half": rec.fsc.correlation}
-        if reference is not None:
-            ref = read_map(reference, permissive=permissive)
-            if ref.data.shape != rec.volume.shape:
-                raise InputError(reference, f"shape {ref.data.shape} differs from the reconstruction "
-                                            f"{rec.volume.shape} (use --box to match)")
-            if not np.allclose(ref.voxel_size_a, v, rtol=0.01):
-                raise InputError(reference, f"voxel size {ref.voxel_size_a} differs from {v:.4f} Å")
+        if ref is not None:
             cref = fourier_shell_correlation(rec.volume, ref.data, voxel_size_a=v)
             curves.append(("vs reference", cref, 0.5))
             columns["fsc_reference"] = cref.correlation
@@ -157,7 +166,7 @@ def register(app: typer.Typer) -> None:
         _fsc_plot(Path(f"{stem}_fsc.png"), curves)
         write_provenance(out, prov)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            echo_json(summary)
         else:
             line = f"{len(t)} particles -> {out}: gold-standard FSC 0.143 at {rec.resolution_a:.2f} Å"
             if reference is not None:

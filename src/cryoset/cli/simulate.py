@@ -3,13 +3,13 @@ with exact truth — demo and test data without any download.
 
 Examples
 --------
-cryoset simulate protein --length 200 --seed 1 --out protein.pdb
+cryoset simulate protein --protein-length 200 --seed 1 --out protein.pdb
 
-cryoset simulate map --protein-length 150 --resolution 6 --out map.mrc
+cryoset simulate map --protein-length 150 --resolution-a 6 --out map.mrc
 
-cryoset simulate micrographs --n 4 --size 1024 --pixel-size 1.0 --particles 50 --protein-length 300 --defocus-range 1.0 2.5 --dose 40 --seed 0 --out sim_mics
+cryoset simulate micrographs --micrographs 4 --size-px 1024 --pixel-size-a 1.0 --particles-per-micrograph 50 --protein-length 300 --defocus-min-a 10000 --defocus-max-a 25000 --dose-e-per-a2 40 --seed 0 --out sim_mics
 
-cryoset simulate particles --n 2000 --box 96 --pixel-size 1.5 --junk-fraction 0.2 --snr 0.05 --out sim_particles
+cryoset simulate particles --particles 2000 --box-px 96 --pixel-size-a 1.5 --junk-fraction 0.2 --snr 0.05 --out sim_particles
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from cryoset.cli._options import json_option, json_safe, option
 from cryoset.errors import InputError
 
 simulate_app = typer.Typer(
@@ -56,7 +57,7 @@ def _atoms(model: Path | None, protein_length: int | None, seed: int) -> tuple[A
 
 def _emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        typer.echo(json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False))
     else:
         for line in lines:
             typer.echo(line)
@@ -70,10 +71,10 @@ def _seeds(seed: int, n: int) -> list[int]:
 
 @simulate_app.command("protein")
 def protein_cmd(
-    length: int = typer.Option(120, "--length", help="Number of residues."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same protein)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .pdb or .cif."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    length: int = option("protein_length", 120, help="Number of residues."),
+    seed: int = option("seed", 0, help="Random seed (same seed, same protein)."),
+    out: Path = option("out", ..., help="Output .pdb or .cif."),
+    as_json: bool = json_option(),
 ) -> None:
     """Build a compact procedural protein (backbone + Cβ) with exact secondary structure.
 
@@ -82,7 +83,7 @@ def protein_cmd(
 
     Examples
     --------
-    cryoset simulate protein --length 200 --seed 1 --out protein.pdb
+    cryoset simulate protein --protein-length 200 --seed 1 --out protein.pdb
     """
     from cryoset.provenance import make_provenance
     from cryoset.simulate.protein import build_protein, write_structure
@@ -108,14 +109,14 @@ def protein_cmd(
 
 @simulate_app.command("map")
 def map_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output .mrc map."),
-    model: Path | None = typer.Option(None, "--model", help="PDB/mmCIF model (else a procedural protein)."),
-    protein_length: int | None = typer.Option(None, "--protein-length", help="Residues of the procedural protein."),
-    resolution_a: float = typer.Option(6.0, "--resolution", help="Target resolution, Å."),
-    voxel_size_a: float = typer.Option(1.0, "--pixel-size", help="Voxel size, Å."),
-    box_px: int | None = typer.Option(None, "--box", help="Cubic box, voxels (default: fits the model)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the procedural protein."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    out: Path = option("out", ..., help="Output .mrc map."),
+    model: Path | None = typer.Option(None, "--model", metavar="PATH", help="PDB/mmCIF model (else a procedural protein)."),
+    protein_length: int | None = option("protein_length", None, help="Residues of the procedural protein."),
+    resolution_a: float = option("resolution_a", 6.0, help="Target resolution, Å."),
+    voxel_size_a: float = option("voxel_size_a", 1.0, help="Voxel size, Å."),
+    box_px: int | None = option("box_px", None, help="Cubic box edge, voxels (default: fits the model)."),
+    seed: int = option("seed", 0, help="Seed of the procedural protein."),
+    as_json: bool = json_option(),
 ) -> None:
     """Simulate a density map (potential in volts) of a model at a target resolution.
 
@@ -123,17 +124,19 @@ def map_cmd(
 
     Examples
     --------
-    cryoset simulate map --model model.pdb --resolution 6 --pixel-size 1.2 --out map.mrc
+    cryoset simulate map --model model.pdb --resolution-a 6 --voxel-size-a 1.2 --out map.mrc
     """
     from cryoset.simulate.density import simulate_map, write_simulated_map
 
-    if not (resolution_a > 0 and voxel_size_a > 0):
-        raise InputError("--resolution", "resolution and pixel size must be > 0")
+    if not resolution_a > 0:
+        raise InputError("--resolution-a", f"must be > 0 Å, got {resolution_a}")
+    if not voxel_size_a > 0:
+        raise InputError("--voxel-size-a", f"must be > 0 Å, got {voxel_size_a}")
     atoms, protein = _atoms(model, protein_length, seed)
     centre = atoms.xyz_a.mean(axis=0)
     box = box_px or int(2 * math.ceil((atoms.radius_a + 2 * resolution_a + 5) / voxel_size_a))
     if box < 8:
-        raise InputError("--box", f"must be >= 8, got {box}")
+        raise InputError("--box-px", f"must be >= 8, got {box}")
     origin = tuple(float(c - (box // 2) * voxel_size_a) for c in centre[::-1])
     vol = simulate_map(atoms.xyz_a, atoms.elements, atoms.b_factors_a2, shape=(box,) * 3,
                        voxel_size_a=voxel_size_a, origin_a=origin, resolution_a=resolution_a,
@@ -149,23 +152,24 @@ def map_cmd(
 
 @simulate_app.command("micrographs")
 def micrographs_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    n: int = typer.Option(1, "--n", help="Number of micrographs."),
-    size: int = typer.Option(1024, "--size", help="Micrograph size (square), pixels."),
-    pixel_size_a: float = typer.Option(1.0, "--pixel-size", help="Pixel size, Å."),
-    particles: int = typer.Option(50, "--particles", help="Particles per micrograph."),
-    model: Path | None = typer.Option(None, "--model", help="PDB/mmCIF model (else a procedural protein)."),
-    protein_length: int | None = typer.Option(None, "--protein-length", help="Residues of the procedural protein (default 200)."),
-    defocus_range_um: tuple[float, float] = typer.Option((1.0, 2.5), "--defocus-range", help="Defocus range, µm (min max)."),
-    dose: float = typer.Option(40.0, "--dose", help="Dose, e/Å²."),
-    tilt_deg: float = typer.Option(0.0, "--tilt", help="Specimen tilt (defocus gradient), degrees."),
-    ice_thickness_a: float = typer.Option(300.0, "--ice-thickness", help="Mean ice thickness, Å."),
-    carbon_fraction: float = typer.Option(0.15, "--carbon-fraction", help="Fraction covered by carbon."),
-    contaminations: int = typer.Option(2, "--contaminations", help="Dark blobs per micrograph."),
+    out: Path = option("out", ..., help="Output directory."),
+    n: int = option("micrographs", 1, help="Number of micrographs."),
+    size: int = option("size_px", 1024, help="Micrograph edge (square), pixels."),
+    pixel_size_a: float = option("pixel_size_a", 1.0, help="Pixel size, Å."),
+    particles: int = option("particles_per_micrograph", 50, help="Particles per micrograph."),
+    model: Path | None = typer.Option(None, "--model", metavar="PATH", help="PDB/mmCIF model (else a procedural protein)."),
+    protein_length: int | None = option("protein_length", None, help="Residues of the procedural protein (default 200)."),
+    defocus_min_a: float = option("defocus_min_a", 10000.0, help="Smallest defocus, Å (underfocus positive)."),
+    defocus_max_a: float = option("defocus_max_a", 25000.0, help="Largest defocus, Å (underfocus positive)."),
+    dose: float = option("dose_e_per_a2", 40.0, help="Electron dose, e/Å²."),
+    tilt_deg: float = option("tilt_deg", 0.0, help="Specimen tilt (defocus gradient), degrees."),
+    ice_thickness_a: float = option("ice_thickness_a", 300.0, help="Mean ice thickness, Å."),
+    carbon_fraction: float = typer.Option(0.15, "--carbon-fraction", metavar="FRACTION", help="Fraction covered by carbon."),
+    contaminations: int = typer.Option(2, "--contaminations", metavar="N", help="Dark blobs per micrograph."),
     mtf: bool = typer.Option(True, "--mtf/--no-mtf", help="Apply the detector MTF."),
-    voltage_kv: float = typer.Option(300.0, "--voltage", help="Voltage, kV."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    voltage_kv: float = option("voltage_kv", 300.0, help="Accelerating voltage, kV."),
+    seed: int = option("seed", 0),
+    as_json: bool = json_option(),
 ) -> None:
     """Simulate micrographs with particles, ice, carbon, contamination and shot noise.
 
@@ -176,7 +180,7 @@ def micrographs_cmd(
 
     Examples
     --------
-    cryoset simulate micrographs --n 4 --size 1024 --particles 50 --protein-length 300 --defocus-range 1.0 2.5 --dose 40 --seed 0 --out sim
+    cryoset simulate micrographs --micrographs 4 --size-px 1024 --particles-per-micrograph 50 --protein-length 300 --defocus-min-a 10000 --defocus-max-a 25000 --seed 0 --out sim
     """
     from cryoset.io.atomic import atomic_directory
     from cryoset.provenance import make_provenance, write_provenance
@@ -188,11 +192,10 @@ def micrographs_cmd(
     from cryoset.simulate.protein import write_structure
 
     if n < 1:
-        raise InputError("--n", f"must be >= 1, got {n}")
-    lo, hi = defocus_range_um
+        raise InputError("--micrographs", f"must be >= 1, got {n}")
     settings = MicrographSettings(
         shape_px=(size, size), pixel_size_a=pixel_size_a, n_particles=particles,
-        defocus_range_a=(lo * 1e4, hi * 1e4), tilt_deg=tilt_deg, voltage_kv=voltage_kv,
+        defocus_range_a=(defocus_min_a, defocus_max_a), tilt_deg=tilt_deg, voltage_kv=voltage_kv,
         dose_e_per_a2=dose, ice_thickness_a=ice_thickness_a, carbon_fraction=carbon_fraction,
         n_contaminations=contaminations, mtf=mtf)
     settings.check()
@@ -220,19 +223,20 @@ def micrographs_cmd(
 
 @simulate_app.command("particles")
 def particles_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    n: int = typer.Option(100, "--n", help="Number of images."),
-    box: int = typer.Option(96, "--box", help="Box size, pixels (even)."),
-    pixel_size_a: float = typer.Option(1.5, "--pixel-size", help="Pixel size, Å."),
-    junk_fraction: float = typer.Option(0.0, "--junk-fraction", help="Fraction of junk images (noise, ice, pair)."),
-    snr: float = typer.Option(0.1, "--snr", help="Signal-to-noise variance ratio (inf: no noise)."),
-    model: Path | None = typer.Option(None, "--model", help="PDB/mmCIF model (else a procedural protein)."),
-    protein_length: int | None = typer.Option(None, "--protein-length", help="Residues of the procedural protein (default 200)."),
-    defocus_range_um: tuple[float, float] = typer.Option((1.0, 2.5), "--defocus-range", help="Defocus range, µm (min max)."),
-    max_shift_a: float = typer.Option(2.0, "--max-shift", help="Largest particle offset from the box centre, Å."),
-    voltage_kv: float = typer.Option(300.0, "--voltage", help="Voltage, kV."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    out: Path = option("out", ..., help="Output directory."),
+    n: int = option("particles", 100, help="Number of particle images."),
+    box: int = option("box_px", 96, help="Box edge, pixels (even)."),
+    pixel_size_a: float = option("pixel_size_a", 1.5, help="Pixel size, Å."),
+    junk_fraction: float = typer.Option(0.0, "--junk-fraction", metavar="FRACTION", help="Fraction of junk images (noise, ice, pair)."),
+    snr: float = typer.Option(0.1, "--snr", metavar="RATIO", help="Signal-to-noise variance ratio (inf: no noise)."),
+    model: Path | None = typer.Option(None, "--model", metavar="PATH", help="PDB/mmCIF model (else a procedural protein)."),
+    protein_length: int | None = option("protein_length", None, help="Residues of the procedural protein (default 200)."),
+    defocus_min_a: float = option("defocus_min_a", 10000.0, help="Smallest defocus, Å (underfocus positive)."),
+    defocus_max_a: float = option("defocus_max_a", 25000.0, help="Largest defocus, Å (underfocus positive)."),
+    max_shift_a: float = option("max_shift_a", 2.0),
+    voltage_kv: float = option("voltage_kv", 300.0, help="Accelerating voltage, kV."),
+    seed: int = option("seed", 0),
+    as_json: bool = json_option(),
 ) -> None:
     """Simulate a particle stack with poses, per-particle CTF, junk and controlled SNR.
 
@@ -241,16 +245,15 @@ def particles_cmd(
 
     Examples
     --------
-    cryoset simulate particles --n 2000 --box 96 --pixel-size 1.5 --junk-fraction 0.2 --out sim_particles
+    cryoset simulate particles --particles 2000 --box-px 96 --pixel-size-a 1.5 --junk-fraction 0.2 --out sim_particles
     """
     from cryoset.io.atomic import atomic_directory
     from cryoset.provenance import make_provenance, write_provenance
     from cryoset.simulate.particles import ParticleSettings, simulate_particles, write_particle_set
     from cryoset.simulate.protein import write_structure
 
-    lo, hi = defocus_range_um
     settings = ParticleSettings(n=n, box_px=box, pixel_size_a=pixel_size_a,
-                                defocus_range_a=(lo * 1e4, hi * 1e4), voltage_kv=voltage_kv,
+                                defocus_range_a=(defocus_min_a, defocus_max_a), voltage_kv=voltage_kv,
                                 snr=snr, junk_fraction=junk_fraction, max_shift_a=max_shift_a)
     settings.check()
     atoms, protein = _atoms(model, protein_length, seed)

@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import typer
 
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
 
 _MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrc.gz", ".map.gz")
+
+
+def _load_npy(path: Path) -> npt.NDArray[np.float32]:
+    """A numeric ``.npy`` array as float32; anything else (object arrays, which would need
+    unpickling, truncated or non-``.npy`` files, NaN or infinite values) is one InputError."""
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        if "allow_pickle" in text:
+            text = "it holds Python objects, which are never unpickled; save a numeric array"
+        raise InputError(path, f"is not a readable numeric .npy array ({text})") from None
+    except (EOFError, OSError) as exc:
+        raise InputError(path, f"is not a readable .npy array ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        raise InputError(path, f"holds {getattr(data, 'dtype', type(data))!s} values, not real numbers")
+    out = data.astype(np.float32)
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if bad:
+        raise InputError(path, f"{bad} of {out.size} values are NaN or infinite")
+    return out
 
 
 def _load_ca_map(
     path: Path, voxel_size_a: float | None
 ) -> tuple[npt.NDArray[np.float32], tuple[float, float, float], tuple[float, float, float]]:
     """Cα probability map, voxel size and origin ((z, y, x), Å) from MRC or .npy."""
+    if voxel_size_a is not None and not (np.isfinite(voxel_size_a) and voxel_size_a > 0):
+        raise InputError("--voxel-size-a", f"must be a positive number of Å, got {voxel_size_a}")
     if path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise InputError(path, "no such file")
-        data = np.load(path, allow_pickle=False)
+        data = _load_npy(path)
         if data.ndim != 3:
             raise InputError(path, f"the Cα probability array must be 3-D (z, y, x), got {data.shape}")
         v = 1.0 if voxel_size_a is None else float(voxel_size_a)
@@ -51,7 +74,7 @@ def _load_aa_maps(path: Path, shape: tuple[int, ...]) -> npt.NDArray[np.float32]
     elif path.is_file():
         if path.suffix.lower() != ".npy":
             raise InputError(path, "give a .npy array (20, z, y, x) or a folder of 20 MRC maps")
-        stack = np.load(path, allow_pickle=False)
+        stack = _load_npy(path)
     else:
         raise InputError(path, "no such file or folder")
     if stack.shape != (20, *shape):
@@ -100,31 +123,31 @@ def register(app: typer.Typer) -> None:
         aa_prob: Path = typer.Option(
             ..., "--aa-prob", help="Amino-acid probabilities: .npy (20, z, y, x) or a folder ALA.mrc … VAL.mrc."
         ),
-        output: Path = typer.Option(..., "--output", "-o", help="Cα model to write (.pdb or .cif)."),
+        output: Path = option("out", ..., help="Cα model to write (.pdb or .cif)."),
         sequence: Path | None = typer.Option(None, "--sequence", help="FASTA file, one record per chain."),
         sequence_from_model: Path | None = typer.Option(
             None, "--sequence-from-model", help="Take chain sequences (and ids) from this PDB/mmCIF."
         ),
         chain_ids: str | None = typer.Option(None, "--chain-ids", help="Comma-separated chain ids."),
         threshold: float = typer.Option(0.5, help="Minimum Cα probability of a candidate."),
-        min_distance_a: float = typer.Option(2.0, help="Minimum distance between candidates, Å."),
+        min_distance_a: float = option("min_distance_a", 2.0, help="Minimum distance between candidates, Å."),
         scale_lambda: float = typer.Option(10.0, "--lambda", help="Λ: transition sd = 0.036 Λ Å."),
         jump_penalty: float = typer.Option(20.0, help="Floor of the transition density, nats below its peak."),
         n_best: int = typer.Option(2, help="Partial paths kept per state in the Viterbi (1 = plain)."),
         bidirectional: bool = typer.Option(
             True, "--bidirectional/--forward-only", help="Also align from the C-terminus, keep the better."
         ),
-        voxel_size_a: float | None = typer.Option(None, help="Voxel size, Å (for .npy input or to override)."),
-        fmt: str | None = typer.Option(None, "--format", help="pdb or cif (default: from the suffix)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        voxel_size_a: float | None = option("voxel_size_a", None, help="Voxel size, Å (for .npy input or to override)."),
+        fmt: str | None = option("format", None, help="pdb or cif (default: from the suffix)."),
+        as_json: bool = json_option(),
     ) -> None:
         """Trace a Cα backbone: candidates from the Cα map, then an HMM aligns the sequences.
 
-        Examples
-        --------
-        cryoset trace ca.mrc --aa-prob aa_maps/ --sequence chains.fasta -o model.pdb
+        Examples:
 
-        cryoset trace ca.npy --aa-prob aa.npy --sequence-from-model ref.cif -o trace.cif --lambda 15
+            cryoset trace ca.mrc --aa-prob aa_maps/ --sequence chains.fasta -o model.pdb
+
+            cryoset trace ca.npy --aa-prob aa.npy --sequence-from-model ref.cif --out trace.cif --lambda 15
         """
         from cryoset.provenance import make_provenance
         from cryoset.trace.candidates import extract_candidates
@@ -171,7 +194,7 @@ def register(app: typer.Typer) -> None:
         ]
         if as_json:
             summary = {"output": str(output), "n_candidates": len(cands), "chains": rows}
-            typer.echo(json.dumps(summary, indent=2))
+            echo_json(summary)
         else:
             typer.echo(f"{len(cands)} Cα candidates; wrote {output}")
             for ch in rows:
@@ -181,8 +204,8 @@ def register(app: typer.Typer) -> None:
     def compare_models(
         predicted: Path = typer.Argument(..., help="Predicted model (PDB/mmCIF)."),
         reference: Path = typer.Argument(..., help="Reference model (PDB/mmCIF)."),
-        max_distance_a: float = typer.Option(3.0, help="Match radius for Cα pairs, Å."),
-        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        max_distance_a: float = option("max_distance_a", 3.0, help="Match radius for Cα pairs, Å."),
+        as_json: bool = json_option(),
     ) -> None:
         """Compare Cα models: RMSD, % reference residues matched, % sequence identity.
 
@@ -190,9 +213,9 @@ def register(app: typer.Typer) -> None:
         one-to-one (closest first); RMSD is over matched pairs, "matched" is relative to the
         reference, identity is the share of matched pairs with the same residue name.
 
-        Examples
-        --------
-        cryoset compare-models trace.pdb deposited.cif --json
+        Examples:
+
+            cryoset compare-models trace.pdb deposited.cif --json
         """
         import pandas as pd
 
@@ -218,7 +241,7 @@ def register(app: typer.Typer) -> None:
             max_distance_a=max_distance_a,
         )
         if as_json:
-            typer.echo(json.dumps(result.to_dict(), indent=2))
+            echo_json(result.to_dict())
             return
         typer.echo(f"reference residues     {result.n_reference}")
         typer.echo(f"predicted residues     {result.n_predicted}")

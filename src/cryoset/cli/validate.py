@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cryoset.cli._options import echo_json, json_option
 from cryoset.errors import InputError
 
 EXIT_VALID = 0
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
         files: list[Path] = typer.Argument(..., help="MRC/MRCS files (.gz/.bz2 allowed).", show_default=False),
-        as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+        as_json: bool = json_option("Print one JSON object: files (path, valid, problems, error of each) and valid (all valid)."),
     ) -> None:
         """Check MRC files against the MRC2014 specification; print every rule that fails.
 
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         """
         results = check_files(list(files), progress=len(files) > 1 and sys.stderr.isatty())
         if as_json:
-            typer.echo(json.dumps(results, indent=2))
+            echo_json({"files": results, "valid": all(r["valid"] for r in results)})
         else:
             for r in results:
                 if r["error"] is not None:

@@ -101,7 +101,7 @@ def process_micrograph(item: MicrographInput, settings: RunSettings) -> dict[str
     except (OSError, ValueError) as exc:
         raise InputError(item.path, f"cannot read the micrograph ({exc})") from None
     if image.pixel_size_a is None:
-        raise InputError(item.path, "no pixel size (give --pixel-size for PNG/TIFF/JPEG)")
+        raise InputError(item.path, "no pixel size (give --pixel-size-a for PNG/TIFF/JPEG)")
     voltage = _first(settings.voltage_kv, item.voltage_kv, default=300.0)
     cs = _first(settings.cs_mm, item.cs_mm, default=2.7)
     ac = _first(settings.amplitude_contrast, item.amplitude_contrast, default=0.1)

@@ -42,7 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from cryoset.archives.download import DownloadRequest, HttpClient
+from cryoset.archives.download import (
+    DownloadRequest,
+    HttpClient,
+    contained_path,
+    safe_relative_path,
+)
 from cryoset.datasets.extract import archive_stem, archive_suffix, safe_extract
 from cryoset.errors import InputError
 from cryoset.io.atomic import write_text_atomic
@@ -54,6 +59,9 @@ Layout = Literal["cryoppp", "cryo2struct", "cryopanda"]
 ZENODO_URL = "https://zenodo.org"
 DATAVERSE_URL = "https://dataverse.harvard.edu"
 DEFAULT_BASE_URLS: dict[str, str] = {"zenodo": ZENODO_URL, "dataverse": DATAVERSE_URL}
+#: Hosts a Dataverse file download may be redirected to (https only): installations with
+#: S3 storage answer ``/api/access/datafile/{id}`` with a redirect to a signed S3 URL.
+DATAVERSE_STORAGE_HOSTS: tuple[str, ...] = ("*.s3.amazonaws.com", "s3.amazonaws.com")
 MANIFEST_NAME = "manifest.json"
 _MARKER = ".cryoset-extracted.json"
 
@@ -104,6 +112,7 @@ class RemoteFile:
     size_bytes: int | None
     checksum: str | None
     source: str
+    redirect_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -281,7 +290,8 @@ def dataverse_files(answer: Any, base_url: str, source: str, where: str) -> list
         key = str(PurePosixPath(entry["directoryLabel"]) / name) if entry.get("directoryLabel") else str(name)
         url = f"{base_url}/api/access/datafile/{int(df['id'])}" + ("?format=original" if original else "")
         size = df.get("originalFileSize") if original else df.get("filesize")
-        out.append(RemoteFile(key, url, None if size is None else int(size), _md5_from(df), source))
+        out.append(RemoteFile(key, url, None if size is None else int(size), _md5_from(df), source,
+                              DATAVERSE_STORAGE_HOSTS))
     return out
 
 
@@ -325,11 +335,11 @@ def list_remote_files(spec: DatasetSpec, client: HttpClient, *, subsets: Sequenc
     return files
 
 
-def _safe_key(key: str) -> PurePosixPath:
-    pure = PurePosixPath(key.replace("\\", "/"))
-    if pure.is_absolute() or any(p in ("..", "") for p in pure.parts) or not pure.parts:
-        raise InputError(key, "the listing names a file outside the dataset directory")
-    return pure
+def _listed(rf: RemoteFile) -> dict[str, Any]:
+    """The manifest entry of ``rf`` (what the host listed)."""
+    entry = asdict(rf)
+    entry.pop("redirect_hosts")
+    return entry
 
 
 def _place(cached: Path, dest: Path) -> None:
@@ -357,27 +367,35 @@ def download_dataset(spec: DatasetSpec, out_dir: str | os.PathLike[str], client:
     out = Path(out_dir)
     files = list_remote_files(spec, client, subsets=subsets, record=record, base_url=base_url, match=match)
     result = DownloadResult(out)
-    for rf in files:
-        key = _safe_key(rf.key)
+    where = f"{spec.name} record listing"
+    plan: list[tuple[RemoteFile, DownloadRequest, str | None, Path]] = []
+    for rf in files:  # every name is checked before anything is downloaded
+        key = safe_relative_path(rf.key, source=where)
         req = DownloadRequest(url=rf.url, dest=Path("datasets", spec.name, rf.source, *key.parts),
-                              size_bytes=rf.size_bytes, checksum=rf.checksum)
-        cached = client.download(req, progress)
+                              size_bytes=rf.size_bytes, checksum=rf.checksum, redirect_hosts=rf.redirect_hosts)
+        client.resolve(req.dest)
         suffix = archive_suffix(key.name)
+        stem = archive_stem(key.name)
+        if suffix is not None and stem in ("", ".", ".."):
+            raise InputError(where, f"archive {rf.key!r} leaves no directory name to extract into; refusing it")
+        # the extraction directory / placed file must lie strictly inside out_dir
+        plan.append((rf, req, suffix, contained_path(out, key.with_name(stem) if suffix is not None else key,
+                                                     source=where)))
+    for rf, req, suffix, dest in plan:
+        cached = client.download(req, progress)
         if suffix is not None:
-            dest = out.joinpath(*key.parts[:-1], archive_stem(key.name))
             marker = dest / _MARKER
             stamp = {"key": rf.key, "size_bytes": cached.stat().st_size, "checksum": rf.checksum}
             done = marker.exists() and json.loads(marker.read_text()) == stamp
             if not done:
-                members = safe_extract(cached, dest)
+                members = safe_extract(cached, dest, limits=client.limits)
                 write_text_atomic(marker, json.dumps(stamp) + "\n")
             else:
                 members = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p != marker)
-            result.files.append({**asdict(rf), "path": str(dest), "extracted": True, "n_members": len(members)})
+            result.files.append({**_listed(rf), "path": str(dest), "extracted": True, "n_members": len(members)})
         else:
-            dest = out.joinpath(*key.parts)
             _place(cached, dest)
-            result.files.append({**asdict(rf), "path": str(dest), "extracted": False})
+            result.files.append({**_listed(rf), "path": str(dest), "extracted": False})
     params: dict[str, Any] = {"dataset": spec.name, "subsets": list(subsets), "record": record, "base_url": base_url,
               "match": match}
     write_text_atomic(out / MANIFEST_NAME, json.dumps({"dataset": spec.name, "files": result.files},

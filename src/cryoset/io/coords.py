@@ -487,8 +487,8 @@ def _read_cryoppp(
         if shape is None:
             raise InputError(
                 path,
-                "CryoPPP CSV y coordinates are flipped relative to the micrograph: pass "
-                "micrograph_shape=(ny, nx) (or flip_y=False to keep the file's frame)",
+                "CryoPPP CSV y coordinates are flipped relative to the micrograph: give the micrograph "
+                "shape (--micrograph-shape-px NY NX), or read it without the flip to keep the file's frame",
             )
         y = (shape[0] - 1) - y
     out = pd.DataFrame({X_PX: x, Y_PX: y})
@@ -748,7 +748,7 @@ def read_coords(
         df = _read_cs(p, micrograph, permissive)
     if do_flip:
         if shape is None:
-            raise InputError(p, "flip_y=True needs micrograph_shape=(ny, nx)")
+            raise InputError(p, "is y-flipped: reading it needs the micrograph shape (--micrograph-shape-px NY NX)")
         df[Y_PX] = (shape[0] - 1) - df[Y_PX].to_numpy(dtype=np.float64)
     if pixel_size_a is not None:
         if not pixel_size_a > 0:
@@ -839,7 +839,8 @@ def _format_project_csv(picks: pd.DataFrame) -> str:
 def _format_cryoppp(path: Path, picks: pd.DataFrame, shape: Shape | None) -> str:
     _single_micrograph(path, picks, "CryoPPP CSV")
     if shape is None:
-        raise InputError(path, "CryoPPP CSV is y-flipped: writing it needs micrograph_shape=(ny, nx)")
+        raise InputError(path, "CryoPPP CSV is y-flipped: writing it needs the micrograph shape "
+                         "(--micrograph-shape-px NY NX)")
     table = pd.DataFrame(
         {
             _CRYOPPP_X: picks[X_PX].to_numpy(),
@@ -929,7 +930,8 @@ def _cs_array(path: Path, picks: pd.DataFrame, shape: Shape | None) -> np.ndarra
         ny = np.full(n, shape[0], dtype=np.int64)
         nx = np.full(n, shape[1], dtype=np.int64)
     else:
-        raise InputError(path, "cryoSPARC picks store fractions: writing them needs micrograph_shape")
+        raise InputError(path, "cryoSPARC picks store fractions: writing them needs the micrograph shape "
+                         "(--micrograph-shape-px NY NX)")
     if _CS_PATH in picks.columns:
         names = picks[_CS_PATH].astype(str).tolist()
     else:

@@ -20,6 +20,50 @@ import numpy as np
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
 
+#: Field cryoset writes for the phase-flip state of the images (uint8, 1 = phase-flipped).
+#: cryoSPARC has no such field and always applies the full CTF; its ``ctf/type`` names where
+#: the CTF parameters came from (``b"imported"``, ``b"ctffind4"`` in the shared files), not
+#: the state of the images.
+PHASE_FLIPPED_FIELD = "cryoset/ctf_phase_flipped"
+
+#: Per field group, the fields cryoSPARC writes in every particle ``.cs`` (as in
+#: ``../shared/data/star/cryosparc/*.cs``) that have a safe default, with their dtype, shape
+#: and the value written when the table does not provide one. ``alignments*`` entries are
+#: written under ``alignments2D/`` or ``alignments3D/`` (``alpha_min`` under 2D only).
+CS_DEFAULT_FIELDS: dict[str, tuple[tuple[str, str, tuple[int, ...], float | bytes], ...]] = {
+    "blob": (("sign", "<f4", (), -1.0),),
+    "ctf": (
+        ("type", "S9", (), b"imported"),
+        ("exp_group_id", "<u4", (), 0),
+        ("phase_shift_rad", "<f4", (), 0.0),
+        ("scale", "<f4", (), 1.0),
+        ("scale_const", "<f4", (), 0.0),
+        ("bfactor", "<f4", (), 0.0),
+        ("shift_A", "<f4", (2,), 0.0),
+        ("tilt_A", "<f4", (2,), 0.0),
+        ("trefoil_A", "<f4", (2,), 0.0),
+        ("tetra_A", "<f4", (4,), 0.0),
+        ("anisomag", "<f4", (4,), 0.0),
+    ),
+    "alignments": (
+        ("split", "<u4", (), 0),
+        ("error", "<f4", (), 0.0),
+        ("error_min", "<f4", (), 0.0),
+        ("resid_pow", "<f4", (), 0.0),
+        ("slice_pow", "<f4", (), 0.0),
+        ("image_pow", "<f4", (), 0.0),
+        ("cross_cor", "<f4", (), 0.0),
+        ("alpha", "<f4", (), 1.0),
+        ("alpha_min", "<f4", (), 1.0),
+        ("weight", "<f4", (), 0.0),
+        ("pose_ess", "<f4", (), 0.0),
+        ("shift_ess", "<f4", (), 0.0),
+        ("class_posterior", "<f4", (), 1.0),
+        ("class", "<u4", (), 0),
+        ("class_ess", "<f4", (), 1.0),
+    ),
+}
+
 
 def _has_object_fields(dtype: np.dtype) -> bool:
     if dtype.names is None:

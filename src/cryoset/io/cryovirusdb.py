@@ -256,8 +256,8 @@ def write_cryovirusdb(
     if flip_y:
         if micrograph_shape is None:
             raise InputError(
-                out_path, "CryoPPP CSV y is flipped: writing it needs micrograph_shape=(ny, nx) "
-                "(or flip_y=False to write the canonical frame)"
+                out_path, "CryoPPP CSV y is flipped: writing it needs the micrograph shape "
+                "(--micrograph-shape-px NY NX), or the canonical frame without the flip"
             )
         t[S.Y_PX] = (int(micrograph_shape[0]) - 1) - t[S.Y_PX].to_numpy(dtype=np.float64)
     frame = pd.DataFrame(index=t.index)

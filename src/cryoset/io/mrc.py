@@ -14,10 +14,11 @@ Conventions (see docs/formats-mrc.md and docs/conventions.md)
 * A voxel size of 0 in the header means "unset": :func:`read_map` refuses it unless
   ``voxel_size_a=`` is given; stack and image readers return ``pixel_size_a=None``.
 * Strict by default: anything that is not a well-formed MRC file raises
-  :class:`cryoset.errors.InputError` with one sentence. ``permissive=True`` reads files
-  with a missing ``"MAP "`` ID, an unknown machine stamp or a bad axis mapping, recording
-  what it tolerated in ``header["warnings"]`` (bytes after the data block are ignored and
-  noted there in both modes).
+  :class:`cryoset.errors.InputError` with one sentence, including a data block larger
+  than the mode and dimensions imply (the mode or the dimensions are wrong) and, for maps,
+  NaN or infinite voxels. ``permissive=True`` reads files with a missing ``"MAP "`` ID, an
+  unknown machine stamp, a bad axis mapping, extra bytes after the data block or some
+  non-finite voxels, recording what it tolerated in ``header["warnings"]``.
 * ``.gz`` and ``.bz2`` files (detected from their content) are read fully into memory:
   memory mapping is impossible for compressed files.
 """
@@ -185,7 +186,7 @@ def require_pixel_size(value: float | None, path: PathLike | None) -> float:
         raise InputError(
             path,
             "the pixel size is unknown (0 or missing in the file); give it explicitly "
-            "(e.g. --pixel-size or pixel_size_a=)",
+            "(--pixel-size-a on the command line)",
         )
     return float(value)
 
@@ -291,7 +292,7 @@ def _open_header(path: PathLike, permissive: bool) -> _Opened:
             "MRC2014 file or its header is corrupt"
         )
         if not permissive:
-            raise InputError(p, msg + "; read it with permissive=True to try anyway")
+            raise InputError(p, msg + "; read it permissively (--permissive) to try anyway")
         tolerated.append(msg)
     machst = tuple(int(b) for b in header.machst[:2])
     if machst not in _KNOWN_MACHINE_STAMPS:
@@ -301,7 +302,7 @@ def _open_header(path: PathLike, permissive: bool) -> _Opened:
             + " is not a valid byte-order code"
         )
         if not permissive:
-            raise InputError(p, msg + "; read it with permissive=True to guess the byte order")
+            raise InputError(p, msg + "; read it permissively (--permissive) to guess the byte order")
         tolerated.append(msg)
     nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
     if min(nx, ny, nz) <= 0:
@@ -322,7 +323,7 @@ def _open_header(path: PathLike, permissive: bool) -> _Opened:
             "the header is corrupt"
         )
         if not permissive:
-            raise InputError(p, msg + "; read it with permissive=True to assume (1, 2, 3)")
+            raise InputError(p, msg + "; read it permissively (--permissive) to assume (1, 2, 3)")
         tolerated.append(msg + "; assumed (1, 2, 3)")
     if int(header.nsymbt) < 0:
         raise InputError(p, f"the extended header size NSYMBT = {int(header.nsymbt)} is negative")
@@ -337,7 +338,26 @@ def _data_dtype(header: Any) -> np.dtype[Any]:
     return base.newbyteorder(header.mode.dtype.byteorder)
 
 
-def _load_raw(path: PathLike, opened: _Opened, *, mmap: bool) -> NDArray[Any]:
+def _extra_bytes(p: Path, h: Any, available: int, nbytes: int, permissive: bool,
+                 warnings_out: list[str]) -> None:
+    """A data block larger than the header implies: refused (strict) or noted (permissive).
+
+    The size is what ``validate`` checks: more bytes than NX × NY × NZ × (bytes per voxel of
+    MODE) mean the mode or the dimensions are wrong, so the values read would be garbage.
+    """
+    extra = available - nbytes
+    if extra <= 0:
+        return
+    msg = (
+        f"the data block holds {available} bytes but the header (mode {int(h.mode)}, "
+        f"{int(h.nx)}×{int(h.ny)}×{int(h.nz)}) implies {nbytes}: its mode or dimensions are wrong"
+    )
+    if not permissive:
+        raise InputError(p, msg + f"; read it permissively (--permissive) to ignore the {extra} extra bytes")
+    warnings_out.append(f"{extra} extra bytes after the data block were ignored ({msg})")
+
+
+def _load_raw(path: PathLike, opened: _Opened, *, mmap: bool, permissive: bool = False) -> NDArray[Any]:
     """The data block as stored, shape (nz, ny, nx) (memory-mapped when possible)."""
     p = Path(path)
     h = opened.header
@@ -353,10 +373,7 @@ def _load_raw(path: PathLike, opened: _Opened, *, mmap: bool) -> NDArray[Any]:
                 f"the file is truncated: the data block needs {nbytes} bytes "
                 f"({shape[2]}×{shape[1]}×{shape[0]} mode {int(h.mode)}) but only {max(available, 0)} are present",
             )
-        if available > nbytes:
-            opened.info["warnings"].append(
-                f"{available - nbytes} extra bytes after the data block were ignored"
-            )
+        _extra_bytes(p, h, available, nbytes, permissive, opened.info["warnings"])
         arr: NDArray[Any] = np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape)
         if not mmap:
             arr = np.array(arr)
@@ -374,7 +391,8 @@ def _load_raw(path: PathLike, opened: _Opened, *, mmap: bool) -> NDArray[Any]:
             opened.info["warnings"].append(text)
     if data is None or data.size * data.itemsize < nbytes:
         raise InputError(p, f"the file is truncated: the data block needs {nbytes} bytes after decompression")
-    return data.reshape(shape)
+    _extra_bytes(p, h, int(data.size * data.itemsize), nbytes, permissive, opened.info["warnings"])
+    return data.reshape(-1)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
 
 
 def _to_zyx(raw: NDArray[Any], info: Mapping[str, Any]) -> NDArray[Any]:
@@ -384,6 +402,17 @@ def _to_zyx(raw: NDArray[Any], info: Mapping[str, Any]) -> NDArray[Any]:
         return raw
     order = [stored.index(3), stored.index(2), stored.index(1)]
     return np.transpose(raw, order)
+
+
+def _shape_zyx(info: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(Z, Y, X)`` extent of the volume: the stored (sections, rows, columns) counts permuted."""
+    counts = {info["mapc"]: info["nx"], info["mapr"]: info["ny"], info["maps"]: info["nz"]}
+    return int(counts[3]), int(counts[2]), int(counts[1])
+
+
+def _is_image_stack(info: Mapping[str, Any]) -> bool:
+    """ISPG 0 marks an image stack in MRC2014 (a volume has ISPG 1, or 401-630 for volume stacks)."""
+    return bool(info["ispg"] == 0)
 
 
 def _voxel_size_xyz(info: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -416,7 +445,8 @@ def read_header(path: PathLike, *, permissive: bool = False) -> dict[str, Any]:
     Returns
     -------
     dict
-        As ``MapData.header``, plus ``voxel_size_a`` and ``origin_a`` in ``(z, y, x)``.
+        As ``MapData.header``, plus ``voxel_size_a``, ``origin_a`` and ``shape_zyx`` (the
+        extent after MAPC/MAPR/MAPS are applied) in ``(z, y, x)``.
     """
     opened = _open_header(path, permissive)
     info = dict(opened.info)
@@ -424,6 +454,7 @@ def read_header(path: PathLike, *, permissive: bool = False) -> dict[str, Any]:
     ox = _origin_xyz(info, vx)
     info["voxel_size_a"] = (vx[2], vx[1], vx[0])
     info["origin_a"] = (ox[2], ox[1], ox[0])
+    info["shape_zyx"] = _shape_zyx(info)
     return info
 
 
@@ -440,8 +471,9 @@ def read_map(
     path
         ``.mrc``/``.map``/``.ccp4`` file, optionally gzip- or bzip2-compressed.
     permissive
-        Tolerate a missing ``"MAP "`` ID, an unknown machine stamp, a bad axis mapping
-        (see the module docstring); what was tolerated is in ``header["warnings"]``.
+        Tolerate a missing ``"MAP "`` ID, an unknown machine stamp, a bad axis mapping, bytes
+        after the data block and NaN/infinite voxels (kept as they are; see the module
+        docstring); what was tolerated is in ``header["warnings"]``.
     voxel_size_a
         Override of the header voxel size in Å (scalar or ``(z, y, x)``); required when the
         header voxel size is 0. The origin from ``nstart`` is then scaled by this size.
@@ -455,8 +487,9 @@ def read_map(
     Raises
     ------
     InputError
-        Empty, truncated or corrupt file, unsupported mode, complex data, or an unset voxel
-        size without an override.
+        Empty, truncated or corrupt file, a data block larger than the mode and dimensions
+        imply, unsupported mode, complex data, NaN or infinite voxels (all of them even with
+        ``permissive=True``), or an unset voxel size without an override.
     """
     p = Path(path)
     opened = _open_header(p, permissive)
@@ -476,10 +509,16 @@ def read_map(
             p,
             f"the header voxel size {vx} (x, y, z) is 0 or invalid (unset); give it with voxel_size_a=",
         )
-    raw = _load_raw(p, opened, mmap=False)
+    raw = _load_raw(p, opened, mmap=False, permissive=permissive)
     data = np.ascontiguousarray(_to_zyx(raw, info), dtype=np.float32)
-    if data.size and not np.isfinite(data).any():
+    n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if data.size and n_bad == data.size:
         raise InputError(p, "the map contains no finite values (all NaN or infinite)")
+    if n_bad:
+        msg = f"{n_bad} of {data.size} voxels are NaN or infinite"
+        if not permissive:
+            raise InputError(p, msg + "; read it permissively (--permissive) to keep them")
+        info["warnings"].append(msg)
     ox = _origin_xyz(info, vx)
     return MapData(
         data=data,
@@ -506,20 +545,24 @@ def read_stack(path: PathLike, *, permissive: bool = False, mmap: bool = True) -
     -------
     StackData
         ``data`` in the stored dtype (mode 0/1/2/6/12), ``pixel_size_a`` from the header's x
-        voxel size or None when it is 0.
+        voxel size or None when it is 0. A volume (ISPG != 0) stored with permuted axes is
+        transposed to ``(z, y, x)`` (a view of the memory map); an image stack (ISPG 0) must be
+        stored ``(1, 2, 3)``.
     """
     p = Path(path)
     opened = _open_header(p, permissive)
     info = opened.info
     if int(opened.header.mode) == 4:
         raise InputError(p, "the file holds complex (Fourier-transform) data, not images")
-    if (info["mapc"], info["mapr"], info["maps"]) not in ((1, 2, 3),):
+    axes = (info["mapc"], info["mapr"], info["maps"])
+    if axes != (1, 2, 3) and _is_image_stack(info):
         raise InputError(
             p,
-            f"an image stack must be stored with axis order (MAPC, MAPR, MAPS) = (1, 2, 3), "
-            f"not {(info['mapc'], info['mapr'], info['maps'])}",
+            f"an image stack (ISPG 0) must be stored with axis order (MAPC, MAPR, MAPS) = (1, 2, 3), "
+            f"not {axes}",
         )
-    raw = _load_raw(p, opened, mmap=mmap)
+    # a volume (ISPG != 0) stored with permuted axes is transposed to (z, y, x) like read_map does
+    raw = _to_zyx(_load_raw(p, opened, mmap=mmap, permissive=permissive), info)
     vx = _voxel_size_xyz(info)
     pixel = vx[0] if vx[0] > 0 and np.isfinite(vx[0]) else None
     if pixel is not None and vx[1] > 0 and abs(vx[1] - vx[0]) > 1e-6 * vx[0]:

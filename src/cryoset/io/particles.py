@@ -17,12 +17,19 @@ are documented in ``docs/formats-particles.md``. In short:
   (radians) = ``psi_deg`` in radians; 0-based ``class``, ``split``, ``exp_group_id`` become
   1-based ``class_number``, ``random_subset``, ``optics_group``.
 
+* Phase flipping: ``rlnCtfDataArePhaseFlipped`` (3.1: optics block; 3.0: per particle) and the
+  ``.cs`` field ``cryoset/ctf_phase_flipped`` ↔ ``ctf_phase_flipped`` (0/1).
+* ``.mrc`` stacks are named ``N@x.mrc:mrcs`` (RELION 3.1 reads ``.mrc`` files as stacks only
+  so); image names are resolved as RELION does (:func:`resolve_image_path`) and written
+  relative to the project directory (:func:`relion_path`).
+
 Columns with no canonical name keep their source name (``rlnGroupNumber``, ``blob/sign``);
 vector ``.cs`` fields are split into ``name[0]``, ``name[1]``… columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -38,8 +45,8 @@ import pandas as pd
 from cryoset.errors import InputError
 from cryoset.geometry import euler_to_matrix, matrix_to_euler, matrix_to_rotvec, rotvec_to_matrix
 from cryoset.io import schema as S
-from cryoset.io.cryosparc import read_cs, write_cs
-from cryoset.io.star import LOOP_ATTR, read_star, write_star
+from cryoset.io.cryosparc import CS_DEFAULT_FIELDS, PHASE_FLIPPED_FIELD, read_cs, write_cs
+from cryoset.io.star import LOOP_ATTR, describe_blocks, read_star, write_star
 
 SourceFormat = Literal["star3.0", "star3.1", "cs", "cryovirusdb"]
 
@@ -101,6 +108,7 @@ STAR_TO_CANONICAL: dict[str, str] = {
     "rlnMaxValueProbDistribution": S.MAX_PROB,
     "rlnDetectorPixelSize": S.DETECTOR_PIXEL_SIZE_UM,
     "rlnMagnification": S.MAGNIFICATION,
+    "rlnCtfDataArePhaseFlipped": S.CTF_PHASE_FLIPPED,
 }
 CANONICAL_TO_STAR: dict[str, str] = {v: k for k, v in STAR_TO_CANONICAL.items()}
 
@@ -108,20 +116,45 @@ CANONICAL_TO_STAR: dict[str, str] = {v: k for k, v in STAR_TO_CANONICAL.items()}
 STAR_INT_LABELS: frozenset[str] = frozenset({
     "rlnImageSize", "rlnClassNumber", "rlnOpticsGroup", "rlnRandomSubset",
     "rlnImageDimensionality", "rlnGroupNumber", "rlnNrOfSignificantSamples",
-    "rlnCtfDataAreCtfPremultiplied", "rlnHelicalTubeID",
+    "rlnCtfDataAreCtfPremultiplied", "rlnCtfDataArePhaseFlipped", "rlnHelicalTubeID",
 })
 
 #: Labels that go to the optics block of a RELION 3.1 file (when constant within a group).
 OPTICS_LABELS: tuple[str, ...] = (
     "rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
     "rlnVoltage", "rlnImagePixelSize", "rlnMicrographOriginalPixelSize", "rlnImageSize",
-    "rlnImageDimensionality", "rlnCtfDataAreCtfPremultiplied", "rlnBeamTiltX", "rlnBeamTiltY",
+    "rlnImageDimensionality", "rlnCtfDataAreCtfPremultiplied", "rlnCtfDataArePhaseFlipped",
+    "rlnBeamTiltX", "rlnBeamTiltY",
     "rlnOddZernike", "rlnEvenZernike", "rlnMagMat00", "rlnMagMat01", "rlnMagMat10",
     "rlnMagMat11", "rlnMicrographPixelSize",
 )
 
 #: Labels that mark a STAR table as holding particles or picks.
 _PARTICLE_MARKERS = ("rlnImageName", "rlnCoordinateX", "rlnMicrographName")
+
+
+#: RELION's file-type suffix that makes it read an ``.mrc`` file as an image stack: RELION 3.1
+#: refuses ``N@file.mrc`` (".mrc extensions are reserved for 3D maps") but reads
+#: ``N@file.mrc:mrcs``.
+MRC_STACK_TYPE = ":mrcs"
+
+
+def _strip_stack_type(name: str) -> str:
+    """``x.mrc:mrcs`` → ``x.mrc`` (the file's name); other names unchanged."""
+    if name.endswith(MRC_STACK_TYPE) and name[: -len(MRC_STACK_TYPE)].lower().endswith(".mrc"):
+        return name[: -len(MRC_STACK_TYPE)]
+    return name
+
+
+def relion_stack_name(path: str) -> str:
+    """The name RELION 3.1 reads as an image stack: ``x.mrc`` → ``x.mrc:mrcs``, others unchanged.
+
+    Examples
+    --------
+    >>> relion_stack_name("J19/extract/a_particles.mrc"), relion_stack_name("b.mrcs")
+    ('J19/extract/a_particles.mrc:mrcs', 'b.mrcs')
+    """
+    return path + MRC_STACK_TYPE if path.lower().endswith(".mrc") else path
 
 
 def _basename(name: str) -> str:
@@ -164,11 +197,10 @@ def _pick_particle_block(blocks: dict[str, pd.DataFrame], path: Path) -> str:
         if name != "optics" and any(m in df.columns for m in _PARTICLE_MARKERS)
     ]
     if not candidates:
-        names = ", ".join(f"data_{n}" for n in blocks) or "none"
         raise InputError(
             path,
             "no particle table: no block has rlnImageName, rlnCoordinateX or "
-            f"rlnMicrographName (blocks: {names})",
+            f"rlnMicrographName; it is a {describe_blocks(blocks)}",
         )
     return candidates[0]
 
@@ -210,7 +242,7 @@ def _star_to_canonical(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             raise InputError(path, "rlnImageName index must be >= 1 (RELION counts from 1)")
         out[S.IMAGE_INDEX] = index
         out[S.IMAGE_PATH] = [
-            tail if ok else name
+            _strip_stack_type(tail) if ok else name
             for (_, _, tail), ok, name in zip(split, numbered, names, strict=True)
         ]
         digits = [len(head) for (head, _, _), ok in zip(split, numbered, strict=True) if ok]
@@ -274,6 +306,8 @@ def _read_star_particles(path: Path, permissive: bool) -> ParticleSet:
 
 def _star_series(table: pd.DataFrame, column: str, label: str) -> pd.Series:
     s = table[column]
+    if column == S.CTF_PHASE_FLIPPED:  # unknown reads as not flipped everywhere (RELION's default)
+        return pd.Series(S.phase_flipped(table).astype(np.int64), index=table.index)
     if label in STAR_INT_LABELS and not s.isna().any():
         return s.astype(np.int64)
     return s
@@ -293,7 +327,7 @@ def _canonical_to_star(
         if (idx.dropna() < 0).any():
             raise InputError(path, "image_index must be >= 0")
         cols["rlnImageName"] = pd.Series(
-            [p if pd.isna(i) else f"{int(i) + 1:0{image_name_width}d}@{p}"
+            [p if pd.isna(i) else f"{int(i) + 1:0{image_name_width}d}@{relion_stack_name(p)}"
              for i, p in zip(idx.tolist(), t[S.IMAGE_PATH].astype(str).tolist(), strict=True)],
             index=t.index, dtype=str,
         )
@@ -360,7 +394,8 @@ def _split_optics(
     df = merged.copy()
     if "rlnOpticsGroup" not in df.columns:
         keys = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
-                            "rlnImagePixelSize", "rlnImageSize") if c in df.columns]
+                            "rlnImagePixelSize", "rlnImageSize", "rlnCtfDataArePhaseFlipped")
+                if c in df.columns]
         if keys:
             codes = df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy() + 1
         else:
@@ -562,6 +597,9 @@ def cs_to_table(arr: np.ndarray, path: str | os.PathLike[str] | None = None, *,
     if "ctf/exp_group_id" in names:
         cols[S.OPTICS_GROUP] = arr["ctf/exp_group_id"].astype(np.int64) + 1
         used.add("ctf/exp_group_id")
+    if PHASE_FLIPPED_FIELD in names:
+        cols[S.CTF_PHASE_FLIPPED] = arr[PHASE_FLIPPED_FIELD].astype(np.int64)
+        used.add(PHASE_FLIPPED_FIELD)
     if "location" in ok:
         shape = arr["location/micrograph_shape"].reshape(len(arr), -1).astype(np.float64)
         cols[S.X_PX] = arr["location/center_x_frac"].astype(np.float64) * shape[:, 1]
@@ -617,6 +655,30 @@ def cs_to_table(arr: np.ndarray, path: str | os.PathLike[str] | None = None, *,
 _VECTOR = re.compile(r"^(.*)\[(\d+)\]$")
 
 
+def _import_signature(path: str) -> int:
+    """A stable 64-bit ``blob/import_sig`` for a stack path (cryoSPARC writes one per import)."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _add_default_fields(fields: dict[str, np.ndarray], n: int, align: str | None) -> None:
+    """Add the fields cryoSPARC always writes (:data:`CS_DEFAULT_FIELDS`) to the groups present.
+
+    A group is present when its defining fields are: ``blob/path``, ``ctf/df1_A`` or the
+    ``{align}/pose``; fields already in ``fields`` are kept.
+    """
+    present = {"blob": "blob/path" in fields, "ctf": "ctf/df1_A" in fields,
+               "alignments": align is not None and f"{align}/pose" in fields}
+    for group, defaults in CS_DEFAULT_FIELDS.items():
+        if not present[group]:
+            continue
+        prefix = f"{align}/" if group == "alignments" else f"{group}/"
+        for name, dtype, shape, value in defaults:
+            if name == "alpha_min" and align != "alignments2D":
+                continue
+            if prefix + name not in fields:
+                fields[prefix + name] = np.full((n, *shape), value, dtype=dtype)
+
+
 def _cs_pixel_size(t: pd.DataFrame, path: Path) -> np.ndarray:
     if S.PIXEL_SIZE_A not in t.columns:
         raise InputError(path, "cannot write cryoSPARC pixel shifts without pixel_size_a")
@@ -646,9 +708,14 @@ def table_to_cs(table: pd.DataFrame, path: str | os.PathLike[str] | None = None)
     if S.IMAGE_PATH in t.columns:
         if S.IMAGE_INDEX not in t.columns:
             raise InputError(p, "cannot write blob/path without image_index")
-        fields["blob/path"] = np.array([s.encode("utf-8") for s in t[S.IMAGE_PATH].astype(str)],
-                                       dtype=np.bytes_)
+        if t[S.IMAGE_INDEX].isna().any():
+            raise InputError(p, "images named without a stack index (one image per file, e.g. "
+                                "subtomograms) have no cryoSPARC blob/idx")
+        paths = t[S.IMAGE_PATH].astype(str).tolist()
+        fields["blob/path"] = np.array([s.encode("utf-8") for s in paths], dtype=np.bytes_)
         fields["blob/idx"] = t[S.IMAGE_INDEX].to_numpy(np.uint32)
+        if "blob/import_sig" not in t.columns:
+            fields["blob/import_sig"] = np.array([_import_signature(s) for s in paths], np.uint64)
         if S.IMAGE_SIZE_PX in t.columns:
             size = t[S.IMAGE_SIZE_PX].to_numpy(np.uint32)
             fields["blob/shape"] = np.stack([size, size], axis=1)
@@ -659,6 +726,8 @@ def table_to_cs(table: pd.DataFrame, path: str | os.PathLike[str] | None = None)
             fields[fname] = (values / factor if factor != 1.0 else values).astype(np.float32)
     if S.OPTICS_GROUP in t.columns:
         fields["ctf/exp_group_id"] = (t[S.OPTICS_GROUP].to_numpy(np.int64) - 1).astype(np.uint32)
+    if S.CTF_PHASE_FLIPPED in t.columns:
+        fields[PHASE_FLIPPED_FIELD] = S.phase_flipped(t).astype(np.uint8)
     has3d = {S.ROT_DEG, S.TILT_DEG, S.PSI_DEG} <= set(t.columns)
     align = "alignments3D" if has3d else ("alignments2D" if S.PSI_DEG in t.columns else None)
     if align is not None:
@@ -710,6 +779,7 @@ def table_to_cs(table: pd.DataFrame, path: str | os.PathLike[str] | None = None)
         if name in fields:
             continue
         fields[name] = np.stack([parts[i] for i in sorted(parts)], axis=1)
+    _add_default_fields(fields, n, align)
     dtype = []
     for name, values in fields.items():
         sub = values.shape[1:]
@@ -718,6 +788,132 @@ def table_to_cs(table: pd.DataFrame, path: str | os.PathLike[str] | None = None)
     for name, values in fields.items():
         out[name] = values
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# image paths: RELION's project-relative names
+# ------------------------------------------------------------------------------------------
+
+PathStyle = Literal["project", "star"]
+
+
+def image_path_candidates(name: str, star_path: str | os.PathLike[str] | None) -> list[Path]:
+    """Where an image (stack) name of a particle file may point, in the order tried.
+
+    RELION resolves relative names against the current directory (the project directory it
+    runs in), so that comes first; then the STAR file's folder (the STAR-relative form, e.g.
+    ``cryoset simulate particles`` output, or a file whose stacks sit beside it). Absolute
+    names are used as they are.
+    """
+    p = Path(name)
+    if p.is_absolute():
+        return [p]
+    out = [Path.cwd() / p]
+    if star_path is not None:
+        beside = Path(star_path).resolve().parent / p
+        if beside != out[0]:
+            out.append(beside)
+    return out
+
+
+def resolve_image_path(name: str, star_path: str | os.PathLike[str] | None) -> Path:
+    """The existing file an image (stack) name points to (:func:`image_path_candidates`).
+
+    Raises
+    ------
+    InputError
+        Naming ``star_path`` and every place looked in.
+    """
+    candidates = image_path_candidates(name, star_path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = " or ".join(str(c) for c in candidates)
+    raise InputError(star_path if star_path is not None else name,
+                     f"image stack {name} not found (looked for {looked})")
+
+
+def relion_path(target: str | os.PathLike[str], star_path: str | os.PathLike[str],
+                style: PathStyle = "project") -> str:
+    """The name to write in a STAR file for ``target`` (an image stack or micrograph).
+
+    Parameters
+    ----------
+    target
+        The file.
+    star_path
+        The STAR file being written.
+    style
+        ``"project"``: relative to the current directory, RELION's project directory, as
+        RELION writes and resolves names (e.g. ``Extract/job001/Micrographs/x.mrcs``); a file
+        outside the current directory is written absolute. ``"star"``: relative to the STAR
+        file's folder (readable by cryoset from anywhere, by RELION only when run there).
+
+    Returns
+    -------
+    str
+        A POSIX path.
+    """
+    t = Path(target).resolve()
+    if style == "star":
+        return Path(os.path.relpath(t, Path(star_path).resolve().parent)).as_posix()
+    if style != "project":
+        raise ValueError(f"style: expected 'project' or 'star', got {style!r}")
+    cwd = Path.cwd().resolve()
+    return t.relative_to(cwd).as_posix() if t.is_relative_to(cwd) else t.as_posix()
+
+
+def fill_image_geometry(particles: ParticleSet, star_path: str | os.PathLike[str] | None) -> list[str]:
+    """Add ``image_size_px`` and ``rlnImageDimensionality`` from the stacks' MRC headers.
+
+    RELION 3.1 needs both in ``data_optics``; a RELION 3.0 file has neither. Images named
+    ``N@stack`` are 2D (``nx × ny`` slices of the stack); a name without ``@`` is one image per
+    file, 3D when the file has ``nz > 1`` (subtomograms), else 2D. Nothing is changed when the
+    table has ``image_size_px`` already (the writer then adds dimensionality 2), or unless every
+    stack is found, readable and square.
+
+    Parameters
+    ----------
+    particles
+        Read with :func:`read_particles`; its ``table`` is updated in place.
+    star_path
+        The particle file (stack names are resolved by :func:`resolve_image_path`).
+
+    Returns
+    -------
+    list of str
+        Why nothing was filled (empty when filled or not needed).
+    """
+    from cryoset.io.mrc import read_header
+
+    t = particles.table
+    if S.IMAGE_PATH not in t.columns or S.IMAGE_SIZE_PX in t.columns:
+        return []
+    sizes: dict[str, tuple[int, int]] = {}
+    problems: list[str] = []
+    indexed = t[S.IMAGE_INDEX].notna() if S.IMAGE_INDEX in t.columns else pd.Series(False, index=t.index)
+    for name, one_per_file in (
+        pd.DataFrame({"name": t[S.IMAGE_PATH].astype(str), "single": ~indexed})
+        .drop_duplicates("name").itertuples(index=False, name=None)
+    ):
+        try:
+            header = read_header(resolve_image_path(str(name), star_path), permissive=True)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        nx, ny, nz = int(header["nx"]), int(header["ny"]), int(header["nz"])
+        if nx != ny:
+            problems.append(f"{name}: images are {nx} × {ny} pixels, not square")
+            continue
+        sizes[str(name)] = (nx, 3 if bool(one_per_file) and nz > 1 else 2)
+    if problems:
+        return problems
+    names = t[S.IMAGE_PATH].astype(str)
+    t[S.IMAGE_SIZE_PX] = names.map(lambda k: sizes[k][0]).astype(np.int64)
+    if "rlnImageDimensionality" not in t.columns:
+        t["rlnImageDimensionality"] = names.map(lambda k: sizes[k][1]).astype(np.int64)
+    particles.table = S.canonical_first(t)
+    return []
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from cryoset.errors import InputError
 
@@ -48,6 +49,9 @@ DEFOCUS_ANGLE_DEG = "defocus_angle_deg"
 PHASE_SHIFT_DEG = "phase_shift_deg"
 CTF_BFACTOR_A2 = "ctf_bfactor_a2"
 CTF_SCALE = "ctf_scale"
+#: 1 when the images were phase-flipped (``FT ← FT · sign(CTF)``, RELION's
+#: ``rlnCtfDataArePhaseFlipped``): the CTF left in them is ``|CTF|``; 0 (or absent) when not.
+CTF_PHASE_FLIPPED = "ctf_phase_flipped"
 ROT_DEG = "rot_deg"
 TILT_DEG = "tilt_deg"
 PSI_DEG = "psi_deg"
@@ -83,6 +87,7 @@ PARTICLE_COLUMNS: tuple[str, ...] = (
     PHASE_SHIFT_DEG,
     CTF_BFACTOR_A2,
     CTF_SCALE,
+    CTF_PHASE_FLIPPED,
     ROT_DEG,
     TILT_DEG,
     PSI_DEG,
@@ -104,8 +109,11 @@ STRING_COLUMNS: frozenset[str] = frozenset({MICROGRAPH, IMAGE_PATH, OPTICS_GROUP
 
 #: Canonical columns holding integers (when no value is missing).
 INTEGER_COLUMNS: frozenset[str] = frozenset(
-    {IMAGE_INDEX, IMAGE_SIZE_PX, CLASS_NUMBER, OPTICS_GROUP, RANDOM_SUBSET}
+    {IMAGE_INDEX, IMAGE_SIZE_PX, CLASS_NUMBER, OPTICS_GROUP, RANDOM_SUBSET, CTF_PHASE_FLIPPED}
 )
+
+#: Integer columns that are flags: only 0 and 1 are allowed.
+FLAG_COLUMNS: frozenset[str] = frozenset({CTF_PHASE_FLIPPED})
 
 #: Canonical columns holding floats.
 FLOAT_COLUMNS: frozenset[str] = frozenset(
@@ -237,9 +245,30 @@ def validate_particles(
                 if not np.array_equal(as_float, np.round(as_float)):
                     raise InputError(path, f"column {column!r} must hold whole numbers")
                 out[column] = values.astype(np.int64)
+            if column in FLAG_COLUMNS and not pd.Series(values).dropna().isin((0, 1)).all():
+                raise InputError(path, f"column {column!r} is a flag: only 0 and 1 are allowed")
         elif column in STRING_COLUMNS:
             out[column] = out[column].astype(str)
     return out
+
+
+def phase_flipped(df: pd.DataFrame) -> NDArray[np.bool_]:
+    """Per-row phase-flip state of a particle table (``ctf_phase_flipped``; absent or NA: False).
+
+    Parameters
+    ----------
+    df
+        A canonical particle table.
+
+    Returns
+    -------
+    ndarray of bool, shape (len(df),)
+        True where the images were phase-flipped, so the CTF to apply to them is ``|CTF|``.
+    """
+    if CTF_PHASE_FLIPPED not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    values = pd.to_numeric(df[CTF_PHASE_FLIPPED], errors="coerce").fillna(0)
+    return np.asarray(values.to_numpy(np.float64) != 0, dtype=bool)
 
 
 def canonical_first(df: pd.DataFrame) -> pd.DataFrame:

@@ -381,6 +381,31 @@ def read_star(path: str | os.PathLike[str], *, permissive: bool = False) -> dict
     return _read_star(path, permissive=permissive)
 
 
+#: Block names that identify RELION's non-particle STAR files, first match wins.
+_KNOWN_BLOCKS: tuple[tuple[str, str], ...] = (
+    ("pipeline_general", "RELION pipeline"),
+    ("optimiser_general", "RELION optimiser"),
+    ("sampling_general", "RELION sampling"),
+    ("model_general", "RELION model"),
+    ("fsc", "RELION post-processing"),
+    ("micrographs", "RELION micrograph"),
+)
+
+
+def describe_blocks(blocks: dict[str, pd.DataFrame]) -> str:
+    """What a STAR file holds, from its block names, for one-line messages.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> describe_blocks({"general": pd.DataFrame(), "fsc": pd.DataFrame()})
+    'RELION post-processing file (blocks: data_general, data_fsc)'
+    """
+    names = ", ".join(f"data_{n}" for n in blocks) or "none"
+    kind = next((what for block, what in _KNOWN_BLOCKS if block in blocks), "STAR")
+    return f"{kind} file (blocks: {names})"
+
+
 def _read_star(
     path: str | os.PathLike[str], *, permissive: bool, min_bulk: int = _BULK_MIN_CHARS
 ) -> dict[str, pd.DataFrame]:

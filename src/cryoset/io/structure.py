@@ -211,6 +211,11 @@ class AtomicModel:
         return a.loc[mask].reset_index(drop=True)
 
 
+def _one_line(text: str) -> str:
+    """gemmi messages span lines (the offending line is quoted below the reason): join them."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _read_gemmi(path: Path) -> Any:
     name = path.name.lower().removesuffix(".gz")
     known = name.endswith((".pdb", ".ent", ".cif", ".mmcif", ".pdbx"))
@@ -218,8 +223,34 @@ def _read_gemmi(path: Path) -> Any:
     try:
         return gemmi.read_structure(str(path), format=fmt)
     except (RuntimeError, ValueError, OSError) as exc:
-        text = str(exc).replace(str(path), "").strip(": ")
+        text = _one_line(str(exc).replace(str(path), "")).strip(": ")
         raise InputError(path, f"cannot be read as a PDB/mmCIF model ({text})") from None
+
+
+def _check_pdb_coordinates(path: Path) -> None:
+    """Refuse ATOM/HETATM records whose x, y, z columns (31-54) are not numbers.
+
+    gemmi reads such a field as 0 (``abc.def`` → 0.000) without complaint, which would put
+    an atom at the origin; mmCIF fields that are not numbers come back as NaN and are caught
+    by the finite-coordinate check instead.
+    """
+    import gzip
+
+    with open(path, "rb") as fh:
+        compressed = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if compressed else open
+    with opener(path, "rt", encoding="latin-1") as text:  # type: ignore[operator]
+        for number, line in enumerate(text, start=1):
+            if not line.startswith(("ATOM  ", "HETATM")):
+                continue
+            for axis, field in zip("xyz", (line[30:38], line[38:46], line[46:54]), strict=True):
+                try:
+                    float(field)
+                except ValueError:
+                    raise InputError(
+                        path, f"line {number}: the {axis} coordinate {field.strip()!r} (columns "
+                        f"31-54) is not a number"
+                    ) from None
 
 
 def _choose_altlocs(residue: Any, all_altlocs: bool) -> list[Any]:
@@ -338,6 +369,8 @@ def read_structure(
     if p.is_dir():
         raise InputError(p, "is a directory, not a PDB/mmCIF file")
     st = _read_gemmi(p)
+    if st.input_format == gemmi.CoorFormat.Pdb:
+        _check_pdb_coordinates(p)
     st.setup_entities()
     n_models = len(st)
     rows: list[tuple[Any, ...]] = []
@@ -391,8 +424,14 @@ def read_structure(
     for col in ("chain", "insertion_code", "residue_name", "atom_name", "element", "altloc",
                 "entity_type", "polymer_type"):
         atoms[col] = atoms[col].astype(str)
-    if not np.all(np.isfinite(atoms[["x_a", "y_a", "z_a"]].to_numpy())):
-        raise InputError(p, "has non-finite atom coordinates")
+    finite = np.isfinite(atoms[["x_a", "y_a", "z_a"]].to_numpy()).all(axis=1)
+    if not finite.all():
+        first = atoms.loc[~finite].iloc[0]
+        raise InputError(
+            p, f"{int((~finite).sum())} atom(s) have NaN, infinite or non-numeric coordinates "
+            f"(first: {first['atom_name']} of {first['residue_name']} {first['chain']}"
+            f"{first['residue_number']})"
+        )
     return AtomicModel(
         atoms=atoms,
         helices=_helices(st),

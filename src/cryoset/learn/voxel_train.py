@@ -364,7 +364,7 @@ def train_voxel(
     device: str = "auto",
     provenance: Mapping[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
-    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], object] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a voxel network; write checkpoints, metrics and ``model.safetensors`` into ``out_dir``.

@@ -416,9 +416,11 @@ def load_published_checkpoint(path: str | os.PathLike[str], task: str,
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(p, "no such file") from None
-    except pickle.UnpicklingError:
-        raise InputError(p, "refused: the checkpoint holds objects other than tensors "
-                            "(read with weights_only=True)") from None
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():
+            raise InputError(p, "refused: the checkpoint holds objects other than tensors "
+                                "(read with weights_only=True)") from None
+        raise InputError(p, "not a loadable weights-only checkpoint (not a PyTorch file)") from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(p, f"not a loadable weights-only checkpoint ({first[:160]})") from None

@@ -35,7 +35,7 @@ import zarr
 from numpy.typing import NDArray
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import atomic_directory, atomic_path, write_text_atomic
+from cryoset.io.atomic import atomic_directory, atomic_path, staged_directory, write_text_atomic
 from cryoset.io.mrc import read_map, validate_mrc, write_map
 from cryoset.maps.dssp import secondary_structure_from_atoms
 from cryoset.maps.labels import LabelMaps, label_maps
@@ -203,14 +203,61 @@ def write_subgrids(
     return out
 
 
+def _codec_names(spec: Any) -> list[str]:
+    """Every codec/filter/compressor name in Zarr v2 or v3 array metadata (nested ones too)."""
+    names: list[str] = []
+    if isinstance(spec, Mapping):
+        for key in ("name", "id"):
+            if isinstance(spec.get(key), str):
+                names.append(spec[key])
+        for value in spec.values():
+            if isinstance(value, (Mapping, list)):
+                names += _codec_names(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            names += _codec_names(item)
+    return names
+
+
+def _refuse_unpickling_codecs(path: Path) -> None:
+    """Refuse a Zarr store any of whose arrays declares a codec that unpickles its chunks.
+
+    Reading such a chunk runs ``pickle.loads`` on bytes from the file, which can execute
+    arbitrary code; the metadata is checked before zarr reads any chunk.
+    """
+    for meta in sorted([*path.rglob("zarr.json"), *path.rglob(".zarray")]):
+        try:
+            doc = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(meta, f"is not valid Zarr metadata ({exc})") from None
+        if not isinstance(doc, Mapping):
+            raise InputError(meta, "is not valid Zarr metadata (not a JSON object)")
+        specs = [doc.get(k) for k in ("codecs", "compressor", "compressors", "filters", "dtype")]
+        unsafe = sorted({n for n in _codec_names(specs) if "pickle" in n.lower()})
+        if unsafe or "object_codec_id" in json.dumps(doc.get("dtype")):
+            raise InputError(meta, f"declares the codec {', '.join(unsafe) or 'object'!r}, which "
+                             "unpickles its chunks (it could run code): refused")
+
+
 def read_subgrids(path: PathLike, name: str = "density") -> tuple[NDArray[Any], dict[str, Any]]:
-    """Read one array of a sub-grid store and the group attributes."""
+    """Read one array of a sub-grid store and the group attributes.
+
+    Raises
+    ------
+    InputError
+        Not a Zarr group, a missing array or attribute, an array that declares an
+        unpickling codec (refused before any chunk is read), a chunk that cannot be decoded
+        (truncated, checksum mismatch), or NaN/infinite values in a floating-point array.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such Zarr store")
+    if not p.is_dir():
+        raise InputError(p, "is not a Zarr store (a directory)")
+    _refuse_unpickling_codecs(p)
     try:
         group = zarr.open_group(store=str(p), mode="r")
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         raise InputError(p, f"not a Zarr group ({exc})") from exc
     if name not in group:
         raise InputError(p, f"has no array {name!r} (arrays: {sorted(group.array_keys())})")
@@ -219,7 +266,16 @@ def read_subgrids(path: PathLike, name: str = "density") -> tuple[NDArray[Any], 
         if key not in attrs:
             raise InputError(p, f"is not a cryoset sub-grid store (attribute {key!r} missing)")
     array: Any = group[name]
-    return np.asarray(array[...]), attrs
+    try:
+        data = np.asarray(array[...])
+    except (ValueError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        raise InputError(p, f"array {name!r} cannot be read: a chunk is truncated or corrupt ({text})") from None
+    if data.dtype.kind == "f":
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(p, f"array {name!r} holds {bad} NaN or infinite values")
+    return data, attrs
 
 
 def stitch_zarr(path: PathLike, name: str = "density") -> tuple[NDArray[Any], dict[str, Any]]:
@@ -258,10 +314,11 @@ def prepare_map(
     """
     mpath = Path(map_path)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = [mpath] + ([Path(model_path)] if model_path is not None else [])
     prov = make_provenance("map prepare", {**asdict(options), **dict(meta or {})}, inputs)
+    # every input is read and checked before anything is written
     src = read_map(mpath)
+    loaded = load_model(Path(model_path)) if model_path is not None else None
     res = resample(src.data, src.voxel_size_a, options.voxel_size_a, method=options.method)
     try:
         norm = normalise(res, percentile=options.percentile, clip=options.clip)
@@ -269,8 +326,12 @@ def prepare_map(
         raise InputError(mpath, str(exc)) from exc
     voxel = (options.voxel_size_a,) * 3
     origin = src.origin_a
-    write_map(out / NORMALISED_NAME, norm, voxel, origin, provenance=prov)
-    written = [out / NORMALISED_NAME]
+    labels: LabelMaps | None = None
+    if loaded is not None:
+        labels = label_maps(
+            loaded.atoms, norm.shape, voxel, origin,
+            secondary=loaded.secondary, secondary_source=loaded.source, source=model_path,
+        )
     low, high = options.clip if options.clip is not None else (-math.inf, math.inf)
     row: dict[str, Any] = {
         "emdb_id": None,
@@ -287,47 +348,47 @@ def prepare_map(
         "shape_x": norm.shape[2],
         "normalised_ok": check_normalised(norm, low, high)["ok"],
         "output_dir": str(out),
+        "warnings": "; ".join(f"{model_path}: {w}" for w in (labels.report["warnings"] if labels else [])),
     }
     report: dict[str, Any] = {"map": str(mpath), "shape": list(norm.shape)}
     volumes: dict[str, NDArray[Any]] = {"density": norm}
-    if model_path is not None:
-        loaded = load_model(Path(model_path))
-        labels: LabelMaps = label_maps(
-            loaded.atoms, norm.shape, voxel, origin,
-            secondary=loaded.secondary, secondary_source=loaded.source,
-        )
-        for name, vol in labels.volumes().items():
-            _write_label(out / LABEL_FILES[name], vol, voxel, origin, prov)
-            written.append(out / LABEL_FILES[name])
-            volumes[name] = vol
-        ca_xyz = labels.ca_table[["x_a", "y_a", "z_a"]].to_numpy()
-        trip = ca_round_trip(labels.ca, ca_xyz, voxel, origin)
-        report.update(labels=labels.report, round_trip=trip,
-                      collisions=labels.collisions.to_dict(orient="records"))
-        counts = labels.report["label_counts"]
-        row.update(
-            n_ca=labels.report["n_ca"],
-            n_ca_labelled=counts["ca"],
-            n_n_labelled=counts["n"],
-            n_c_labelled=counts["c"],
-            n_helix=counts["helix"],
-            n_strand=counts["strand"],
-            n_coil=counts["coil"],
-            n_atoms_outside=sum(labels.report["n_outside"].values()),
-            n_collisions=sum(labels.report["n_collisions"].values()),
-            secondary_source=labels.report["secondary_source"],
-            ca_exact_fraction=trip["exact_fraction"],
-        )
-    mrc_problems = {p.name: validate_mrc(p) for p in written}
-    report["mrc_validation"] = mrc_problems
-    row["mrc_valid"] = all(not v for v in mrc_problems.values())
-    if options.subgrids:
-        attrs = {"voxel_size_a": list(voxel), "origin_a": list(origin), "provenance": prov}
-        write_subgrids(out / "subgrids.zarr", volumes, box=options.box, overlap=options.overlap,
-                       attributes=attrs)
-        row["n_subgrids"] = int(np.prod([-(-s // (options.box - 2 * options.overlap)) for s in norm.shape]))
-    report["row"] = row
-    write_text_atomic(out / "labels_report.json", json.dumps(report, indent=2, default=str) + "\n")
+    # written into a temporary folder beside ``out``, moved into ``out`` only when complete
+    with staged_directory(out) as tmp:
+        write_map(tmp / NORMALISED_NAME, norm, voxel, origin, provenance=prov)
+        written = [tmp / NORMALISED_NAME]
+        if labels is not None:
+            for name, vol in labels.volumes().items():
+                _write_label(tmp / LABEL_FILES[name], vol, voxel, origin, prov)
+                written.append(tmp / LABEL_FILES[name])
+                volumes[name] = vol
+            ca_xyz = labels.ca_table[["x_a", "y_a", "z_a"]].to_numpy()
+            trip = ca_round_trip(labels.ca, ca_xyz, voxel, origin)
+            report.update(labels=labels.report, round_trip=trip,
+                          collisions=labels.collisions.to_dict(orient="records"))
+            counts = labels.report["label_counts"]
+            row.update(
+                n_ca=labels.report["n_ca"],
+                n_ca_labelled=counts["ca"],
+                n_n_labelled=counts["n"],
+                n_c_labelled=counts["c"],
+                n_helix=counts["helix"],
+                n_strand=counts["strand"],
+                n_coil=counts["coil"],
+                n_atoms_outside=sum(labels.report["n_outside"].values()),
+                n_collisions=sum(labels.report["n_collisions"].values()),
+                secondary_source=labels.report["secondary_source"],
+                ca_exact_fraction=trip["exact_fraction"],
+            )
+        mrc_problems = {p.name: validate_mrc(p) for p in written}
+        report["mrc_validation"] = mrc_problems
+        row["mrc_valid"] = all(not v for v in mrc_problems.values())
+        if options.subgrids:
+            attrs = {"voxel_size_a": list(voxel), "origin_a": list(origin), "provenance": prov}
+            write_subgrids(tmp / "subgrids.zarr", volumes, box=options.box, overlap=options.overlap,
+                           attributes=attrs)
+            row["n_subgrids"] = int(np.prod([-(-s // (options.box - 2 * options.overlap)) for s in norm.shape]))
+        report["row"] = row
+        write_text_atomic(tmp / "labels_report.json", json.dumps(report, indent=2, default=str) + "\n")
     return row
 
 

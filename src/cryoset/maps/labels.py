@@ -16,7 +16,10 @@ An atom at ``p`` goes to the voxel whose centre is nearest:
 ``index = floor((p - origin_a) / voxel_size_a + 0.5)`` per axis (halves round up). The voxel
 centre is then within half a voxel of the atom on each axis, which is what makes the round
 trip (voxel → coordinate → nearest Cα) exact (:func:`cryoset.maps.validate.ca_round_trip`).
-Atoms whose index falls outside the grid are counted in the report, never wrapped.
+Atoms whose index falls outside the grid are counted in the report, never wrapped; when some
+are outside, ``report["warnings"]`` says how many, and when none of the backbone atoms is
+inside, :func:`label_maps` raises :class:`cryoset.errors.InputError` (a model that is not in
+the map's frame would otherwise give empty label maps without a word).
 
 Collisions
 ----------
@@ -34,6 +37,7 @@ locations) the first is used. Residues are identified by chain, number and inser
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +46,8 @@ import gemmi
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+
+from cryoset.errors import InputError
 
 __all__ = [
     "AMINO_ACIDS",
@@ -192,7 +198,8 @@ class LabelMaps:
     backbone, ca, amino, secondary : uint8 ndarray, shape (z, y, x)
     report : dict
         ``n_backbone_atoms``, ``n_ca``, ``n_outside`` (per atom name), ``n_collisions``
-        (per label map), ``secondary_source`` ("file" or "dssp"), label counts.
+        (per label map), ``secondary_source`` ("file" or "dssp"), label counts and
+        ``warnings`` (sentences: atoms outside the grid).
     collisions : DataFrame
         One row per losing atom: ``map``, ``chain``, ``residue_number``, ``insertion_code``,
         ``atom_name``, ``k``, ``j``, ``i``.
@@ -229,6 +236,7 @@ def label_maps(
     *,
     secondary: pd.DataFrame | None = None,
     secondary_source: str = "dssp",
+    source: str | os.PathLike[str] | None = None,
 ) -> LabelMaps:
     """Label a grid from an atoms table.
 
@@ -245,10 +253,19 @@ def label_maps(
         coil. When None, the secondary map holds only Cα positions labelled coil.
     secondary_source
         Recorded in the report ("file" for HELIX/SHEET records, "dssp" when computed).
+    source
+        The model file, named in errors and warnings.
 
     Returns
     -------
     LabelMaps
+        ``report["warnings"]`` holds one sentence when some backbone atoms lie outside the grid.
+
+    Raises
+    ------
+    InputError
+        The model has backbone atoms but none of them lies inside the grid (the model is not
+        in the map's frame).
     """
     shp = tuple(int(s) for s in shape)
     vox = np.asarray(voxel_size_a, dtype=np.float64).reshape(3)
@@ -264,6 +281,18 @@ def label_maps(
         codes[names == atom_name] = code
     inside = np.all((idx >= 0) & (idx < np.asarray(shp)), axis=1)
     is_ca = names == "CA"
+    n_outside = int(np.count_nonzero(~inside))
+    grid = "×".join(map(str, shp))
+    if len(bb) and n_outside == len(bb):
+        raise InputError(
+            source, f"none of the {len(bb)} backbone atoms (Cα, N, C) lies inside the {grid} map grid "
+            f"(origin {tuple(round(float(o), 3) for o in org)} Å, voxel {tuple(float(v) for v in vox)} Å): "
+            "the model is not in the map's frame"
+        )
+    warnings: list[str] = []
+    if n_outside:
+        warnings.append(f"{n_outside} of {len(bb)} backbone atoms (Cα, N, C) lie outside the {grid} "
+                        "map grid and are not labelled")
 
     backbone, _, lost_bb = rasterise(idx, codes, shp, priority=is_ca.astype(float), distance=dist)
     ca_rows = np.flatnonzero(is_ca)
@@ -295,6 +324,7 @@ def label_maps(
         "n_outside": {a: int(np.sum(~inside & (names == a))) for a in BACKBONE_CODES},
         "n_collisions": {"backbone": int(lost_bb.size), "ca": int(lost_ca_local.size)},
         "secondary_source": secondary_source if secondary is not None else "none",
+        "warnings": warnings,
         "label_counts": {
             "ca": int(np.count_nonzero(ca_vol)),
             "n": int(np.count_nonzero(backbone == BACKBONE_CODES["N"])),

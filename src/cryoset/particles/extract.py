@@ -185,7 +185,8 @@ class ExtractionResult:
     stack : ndarray of float32, shape (k, m, m)
     table : DataFrame
         The kept picks with ``image_index`` (0-based), ``image_size_px``, ``pixel_size_a``
-        (output) and ``micrograph_pixel_size_a``.
+        (output), ``micrograph_pixel_size_a`` and ``ctf_phase_flipped`` (1 when phase-flipped:
+        RELION's ``rlnCtfDataArePhaseFlipped``, so readers apply ``|CTF|``, not the CTF again).
     skipped_edge : DataFrame
         Picks whose box left the micrograph.
     pixel_size_a : float
@@ -265,6 +266,8 @@ def extract_particles(
     """
     if not pixel_size_a > 0:
         raise InputError("pixel-size", f"must be > 0 Å, got {pixel_size_a}")
+    if pixel_size_out_a is not None and not (np.isfinite(pixel_size_out_a) and pixel_size_out_a > 0):
+        raise InputError("pixel_size_out_a", f"must be > 0 Å, got {pixel_size_out_a}")
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise InputError("micrograph", f"must be a 2-D image, got shape {img.shape}")
@@ -284,6 +287,7 @@ def extract_particles(
             stack, default_bg_radius_px(m) if bg_radius_px is None else bg_radius_px
         )
     table = table.assign(image_index=np.arange(len(table), dtype=np.int64), image_size_px=m,
-                         pixel_size_a=out_px, micrograph_pixel_size_a=float(pixel_size_a))
+                         pixel_size_a=out_px, micrograph_pixel_size_a=float(pixel_size_a),
+                         ctf_phase_flipped=np.int64(1 if phase_flip_ctf else 0))
     skipped = picks.loc[~kept].reset_index(drop=True)
     return ExtractionResult(np.asarray(stack, dtype=np.float32), table, skipped, out_px)

@@ -20,6 +20,7 @@ the maximum NCC over templates and rotations; picks are local maxima above
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,7 @@ from cryoset.errors import InputError
 from cryoset.picking.blob import prepare_micrograph
 from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
-__all__ = ["TemplateSettings", "ncc_map", "pick_templates", "prepare_templates"]
+__all__ = ["TemplateSettings", "check_templates", "ncc_map", "pick_templates", "prepare_templates"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,36 @@ class TemplateSettings:
             raise InputError("mask-fraction", f"must be > 0, got {self.mask_fraction}")
 
 
+def check_templates(templates: ArrayLike, source: str | os.PathLike[str] = "templates") -> NDArray[np.float64]:
+    """The templates as a float64 ``(n, y, x)`` stack, refused when they cannot be matched.
+
+    Raises
+    ------
+    InputError
+        (naming ``source``) not a non-empty ``(n, y, x)`` stack, or a template holds NaN or
+        infinite pixels (its normalised cross-correlation would be NaN everywhere).
+    """
+    t = np.asarray(templates, dtype=np.float64)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] == 0:
+        raise InputError(source, f"need a (n, y, x) stack of templates, got shape {t.shape}")
+    bad = ~np.isfinite(t).reshape(t.shape[0], -1).all(axis=1)
+    if bad.any():
+        which = ("every template holds" if bad.all() else
+                 f"{int(bad.sum())} of {t.shape[0]} templates (first: {int(np.argmax(bad))}) hold")
+        raise InputError(source, f"{which} NaN or infinite pixels")
+    return t
+
+
 def prepare_templates(
     templates: ArrayLike,
     template_pixel_size_a: float,
     work_pixel_size_a: float,
     mask_radius_px: float,
     angle_step_deg: float,
+    *,
+    source: str | os.PathLike[str] = "templates",
 ) -> NDArray[np.float32]:
     """Resample, rotate, mask and normalise templates.
 
@@ -92,6 +117,8 @@ def prepare_templates(
         Circular mask radius in working pixels.
     angle_step_deg
         Rotation step; every template is rotated by ``0, step, …`` below 360°.
+    source
+        The template file, named in errors (:func:`check_templates`).
 
     Returns
     -------
@@ -99,11 +126,7 @@ def prepare_templates(
         ``s = 2 ceil(mask_radius) + 1``; each zero-mean and unit-norm inside the mask and
         0 outside.
     """
-    t = np.asarray(templates, dtype=np.float64)
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3 or t.shape[0] == 0:
-        raise InputError("templates", f"need a (n, y, x) stack, got shape {t.shape}")
+    t = check_templates(templates, source)
     zoom = template_pixel_size_a / work_pixel_size_a
     half = math.ceil(mask_radius_px)
     size = 2 * half + 1
@@ -128,7 +151,7 @@ def prepare_templates(
             tt[mask] = v / norm
             out.append(tt)
     if not out:
-        raise InputError("templates", "every template is constant inside the mask")
+        raise InputError(source, "every template is constant inside the mask")
     return np.asarray(out, dtype=np.float32)
 
 
@@ -205,6 +228,7 @@ def pick_templates(
     settings: TemplateSettings,
     *,
     micrograph: str = "micrograph",
+    source: str | os.PathLike[str] = "templates",
 ) -> pd.DataFrame:
     """Pick particles in one micrograph by template matching.
 
@@ -222,6 +246,8 @@ def pick_templates(
         :class:`TemplateSettings`.
     micrograph
         Name for the ``micrograph`` column.
+    source
+        The template file, named in errors.
 
     Returns
     -------
@@ -238,7 +264,7 @@ def pick_templates(
     d_work = d_px / factor
     prepared = prepare_templates(
         templates, template_pixel_size_a, pixel_size_a * factor,
-        settings.mask_fraction * d_work, settings.angle_step_deg,
+        settings.mask_fraction * d_work, settings.angle_step_deg, source=source,
     )
     n_angles = len(np.arange(0.0, 360.0 - 1e-9, settings.angle_step_deg))
     ncc, arg = ncc_map(work, prepared)

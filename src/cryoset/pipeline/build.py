@@ -19,27 +19,52 @@ One experiment is one task. Tasks run in a local process pool (default), or on D
 (``scheduler=`` an address or a ``dask.distributed.Client``, or ``dask_local=N`` for a
 ``LocalCluster``). A failed task (an exception, or a worker process that died) is retried
 up to ``execution.retries`` times; completed stages are not repeated.
+
+One build at a time per directory: :func:`run_build` holds an ``flock`` on
+``OUT/.build.lock`` (which records its pid) for the whole run, and a second build into the
+same directory fails at once with an :class:`InputError` naming the directory and the
+holder's pid. Stale ``.part`` directories (of killed runs) are removed only under that lock,
+and only those whose writer is gone (:func:`cryoset.io.atomic.remove_stale_parts`). Local
+pool workers end when the main process dies (``PR_SET_PDEATHSIG`` on Linux, and a thread
+watching the parent everywhere); Dask's local worker processes do so by themselves.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
-import shutil
-from collections.abc import Callable, Mapping
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import atomic_directory, write_text_atomic
+from cryoset.io.atomic import (
+    LockHeld,
+    atomic_directory,
+    exclusive_lock,
+    remove_stale_parts,
+    write_text_atomic,
+)
 from cryoset.pipeline import stages as st
 from cryoset.pipeline.config import load_config
 
 #: Hook called in the worker as ``hook(experiment_id, stage)`` before a stage executes.
 StageHook = Callable[[str, str], None]
+
+#: The lock file a running build holds in its output directory.
+BUILD_LOCK = ".build.lock"
+_PR_SET_PDEATHSIG = 1
+#: How often a pool worker checks that its parent is alive (seconds).
+PARENT_POLL_S = 0.5
 
 
 @dataclass
@@ -112,8 +137,7 @@ def run_experiment(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
         if before_stage is not None:
             before_stage(exp["id"], stage)
         mark.unlink(missing_ok=True)
-        for stale in work.glob(f".{stage}.*.part"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_parts(work, f".{stage}.*.part")  # of killed runs; the build lock is held
         with atomic_directory(work / stage) as tmp:
             if stage == "store":
                 result = st.run_store(exp, cfg, work, tmp, store_root=root / "store", build_hash=h)
@@ -136,12 +160,17 @@ def _task(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
     """:func:`run_experiment` for a pool or Dask worker.
 
     Bad input is returned as ``{"input_error": (path, message)}`` instead of raised
-    (:class:`InputError` does not survive pickling) and is never retried.
+    (:class:`InputError` does not survive pickling) and is never retried; neither is a
+    ``MemoryError``: running the same stage again would only exhaust memory again.
     """
     try:
         return run_experiment(exp, cfg, out_dir, before_stage)
     except InputError as exc:
         return {"input_error": (exc.path, exc.message)}
+    except MemoryError:
+        return {"input_error": (f"experiment {exp['id']}", "ran out of memory (not retried); make "
+                                "it smaller (size_px, micrographs, particles_per_micrograph) or "
+                                "run fewer workers")}
 
 
 def _unwrap(res: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +188,29 @@ def _progress(enabled: bool) -> Any:
                     TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Worker thread: end the process as soon as its parent is gone (re-parented)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _exit_with_parent(main_pid: int) -> None:
+    """Pool-worker initializer: the worker ends when the build's main process dies.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); a daemon
+    thread also polls ``os.getppid()`` (other systems, and start methods whose parent is a
+    fork server: the server itself exits with the main process).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux") and parent == main_pid:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent == 1 or os.getppid() != parent:  # the parent died before the watch began
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="cryoset-parent-watch", daemon=True).start()
+
+
 def _run_local(exps: list[dict[str, Any]], cfg: dict[str, Any], out: Path, workers: int,
                retries: int, hook: StageHook | None, on_done: Callable[[str], None]
                ) -> dict[str, dict[str, Any]]:
@@ -167,7 +219,8 @@ def _run_local(exps: list[dict[str, Any]], cfg: dict[str, Any], out: Path, worke
     pending = list(exps)
     while pending:
         failed: list[dict[str, Any]] = []
-        with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as pool:
+        with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))),
+                                    initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_task, e, cfg, str(out), hook): e for e in pending}
             for fut in cf.as_completed(futures):
                 exp = futures[fut]
@@ -232,15 +285,43 @@ def run_build(config: str | os.PathLike[str] | Mapping[str, Any], out_dir: str |
     Returns
     -------
     BuildResult
-    """
-    from cryoset.provenance import make_provenance, write_provenance
-    from cryoset.store import ParticleStore
 
+    Raises
+    ------
+    InputError
+        Also when another build is running in ``out_dir`` (it holds ``OUT/.build.lock``): the
+        message names the directory and that build's pid. Builds do not wait for each other.
+    """
     if scheduler is not None and dask_local is not None:
         raise InputError("--scheduler", "give either a scheduler address or --dask-local")
     cfg = load_config(config)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        return _build_locked(cfg, out, scheduler=scheduler, dask_local=dask_local, dask_processes=dask_processes,
+                             workers=workers, progress=progress, before_stage=before_stage)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.build.lock`` for a build; another holder is an InputError at once."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_lock(out / BUILD_LOCK, wait=False))
+    except LockHeld as exc:
+        raise InputError(out, f"another build is running in this directory ({exc.holder}); wait for it "
+                         "to finish or build into another directory") from None
+    with stack:
+        yield
+
+
+def _build_locked(cfg: dict[str, Any], out: Path, *, scheduler: Any, dask_local: int | None,
+                  dask_processes: bool, workers: int | None, progress: bool,
+                  before_stage: StageHook | None) -> BuildResult:
+    """:func:`run_build` once its lock is held."""
+    from cryoset.provenance import make_provenance, write_provenance
+    from cryoset.store import ParticleStore
+
     store_path = out / "store"
     if not (store_path / "store.json").exists():
         ParticleStore.create(store_path, encoding=cfg["store"]["encoding"],

@@ -2,12 +2,15 @@
 
 Errors name the file and the dotted key, e.g.
 ``config.yaml: pick.diameter_a: must be a positive number``; unknown keys are rejected.
-See docs/build.md for every key.
+Keys are the command-line option names in snake_case (``--pixel-size-out-a`` →
+``pixel_size_out_a``; docs/cli.md); keys renamed since the previous release are still
+accepted with a one-line notice on stderr. See docs/build.md for every key.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cryoset.deprecation import notify_deprecated
 from cryoset.errors import InputError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -27,7 +31,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
             "defocus_max_a": ("posnum", 60000.0, False)},
     "pick": {"diameter_a": ("posnum", None, False), "threshold": ("number", 3.5, False),
              "min_distance_fraction": ("nonneg", 0.5, False)},
-    "extract": {"box_px": ("posint", None, False), "pixel_size_a": ("posnum", None, False),
+    "extract": {"box_px": ("posint", None, False), "pixel_size_out_a": ("posnum", None, False),
                 "phase_flip": ("bool", True, False), "invert": ("bool", True, False)},
     "classify": {"n_classes": ("posint", 4, False), "n_iter": ("posint", 5, False),
                  "psi_step_deg": ("posnum", 10.0, False), "offset_range_px": ("nonneg_int", 3, False),
@@ -48,6 +52,21 @@ _LOCAL: dict[str, tuple[str, Any, bool]] = {
     "voltage_kv": ("posnum", None, True), "cs_mm": ("nonneg", None, True),
     "amplitude_contrast": ("fraction", 0.1, False),
 }
+#: Upper bounds (dotted key suffix → largest value) that keep a simulated experiment within
+#: memory: a 8192² micrograph is 0.5 GB in float64; larger sizes are typos, refused up front
+#: instead of failing (and being retried) with a MemoryError deep in a worker.
+_MAXIMA: dict[str, int] = {
+    "simulated.size_px": 8192,
+    "simulated.micrographs": 100_000,
+    "simulated.protein_length": 5_000,
+    "simulated.particles_per_micrograph": 10_000,
+    "ctf.tile_px": 4096,
+    "extract.box_px": 4096,
+}
+#: section → {old key: new key}: renamed keys, accepted for one release with a notice.
+_OLD_KEYS: dict[str, dict[str, str]] = {
+    "extract": {"pixel_size_a": "pixel_size_out_a"},  # the output pixel size (--pixel-size-out-a)
+}
 _MESSAGES = {
     "posnum": "must be a positive number", "nonneg": "must be a number >= 0",
     "number": "must be a number", "posint": "must be a positive integer",
@@ -58,12 +77,13 @@ _MESSAGES = {
 
 
 def _ok(kind: str, value: Any) -> bool:
-    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    is_num = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
     is_int = isinstance(value, int) and not isinstance(value, bool)
     checks = {
-        "posnum": is_num and value > 0 and value == value,
+        "posnum": is_num and value > 0,
         "nonneg": is_num and value >= 0,
-        "number": is_num and value == value,
+        "number": is_num,
         "posint": is_int and value > 0,
         "nonneg_int": is_int and value >= 0,
         "int": is_int,
@@ -75,12 +95,28 @@ def _ok(kind: str, value: Any) -> bool:
     return bool(checks[kind])
 
 
+def _renamed_keys(src: Path | str, prefix: str, given: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """``given`` with the old spellings of ``prefix``'s keys replaced (one notice each)."""
+    renames = _OLD_KEYS.get(prefix, {})
+    if not any(old in given for old in renames):
+        return given
+    out = dict(given)
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise InputError(src, f"{prefix}.{old}: is the old name of {prefix}.{new}; give only {new}")
+            notify_deprecated(f"{src}: {prefix}.{old}", f"{prefix}.{new}")
+            out[new] = out.pop(old)
+    return out
+
+
 def _section(src: Path | str, prefix: str, given: Any, spec: Mapping[str, tuple[str, Any, bool]]
              ) -> dict[str, Any]:
     if given is None:
         given = {}
     if not isinstance(given, Mapping):
         raise InputError(src, f"{prefix}: must be a mapping")
+    given = _renamed_keys(src, prefix, given)
     unknown = sorted(set(map(str, given)) - set(spec))
     if unknown:
         raise InputError(src, f"{prefix}.{unknown[0]}: unknown key (allowed: {', '.join(spec)})")
@@ -94,6 +130,9 @@ def _section(src: Path | str, prefix: str, given: Any, spec: Mapping[str, tuple[
         value = given[key]
         if not _ok(kind, value):
             raise InputError(src, f"{prefix}.{key}: {_MESSAGES[kind]}, got {value!r}")
+        limit = next((m for k, m in _MAXIMA.items() if f"{prefix}.{key}".endswith(k)), None)
+        if limit is not None and value > limit:
+            raise InputError(src, f"{prefix}.{key}: must be at most {limit}, got {value!r}")
         out[key] = float(value) if kind in ("posnum", "nonneg", "number", "fraction") else value
     return out
 
@@ -127,6 +166,8 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
             raise InputError(path, "no such file")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(path, "is not a text file (a build configuration is YAML)") from None
         except yaml.YAMLError as exc:
             raise InputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
         src = path.name

@@ -77,6 +77,9 @@ class DemoRun:
         self.steps.append(result)
         if code != 0:
             raise InputError(f"demo step {name!r}", f"exited {code}: {err.getvalue().strip()[:500]}")
+        stale = [line for line in result.stderr.splitlines() if "is deprecated; use" in line]
+        if stale:  # the demo shows the current vocabulary (docs/cli.md)
+            raise InputError(f"demo step {name!r}", stale[0])
         return result
 
 
@@ -141,7 +144,7 @@ def _build_config(quick: bool) -> dict[str, Any]:
         ],
         "ctf": {"tile_px": 256, "max_resolution_a": 5.0},
         "pick": {"threshold": 3.5},
-        "extract": {"pixel_size_a": 3.0, "phase_flip": True},
+        "extract": {"pixel_size_out_a": 3.0, "phase_flip": True},
         "classify": {"n_classes": 3, "n_iter": 3, "psi_step_deg": 15, "seed": 0},
         "store": {"encoding": "uint8"},
         "execution": {"workers": 2, "retries": 2},
@@ -175,16 +178,17 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     seed = 7
 
     # 1. simulate
-    s = run.run("simulate micrographs", "simulate", "micrographs", "--n", n_mics, "--size", size,
-                "--pixel-size", pixel_a, "--particles", n_particles, "--protein-length", length,
-                "--defocus-range", "1.2", "2.8", "--dose", "40", "--seed", seed, "--out", sim, "--json").json()
+    s = run.run("simulate micrographs", "simulate", "micrographs", "--micrographs", n_mics, "--size-px", size,
+                "--pixel-size-a", pixel_a, "--particles-per-micrograph", n_particles, "--protein-length", length,
+                "--defocus-min-a", 12000, "--defocus-max-a", 28000, "--dose-e-per-a2", 40, "--seed", seed,
+                "--out", sim, "--json").json()
     truth = pd.read_csv(sim / "truth_picks.csv")
     diameter_px = float(truth["diameter_px"].iloc[0])
     diameter_a = diameter_px * pixel_a
     mics = sorted((sim / "micrographs").glob("*.mrc"))
 
     # 2. CTF
-    c = run.run("ctf", "ctf", *mics, "--out", ctf, "--tile", 256 if quick else 512, "--json").json()
+    c = run.run("ctf", "ctf", *mics, "--out", ctf, "--tile-px", 256 if quick else 512, "--json").json()
     ctf_rows = []
     for r in c["results"]:
         t = truth[truth["micrograph"] == r["micrograph"]].iloc[0]
@@ -204,11 +208,18 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     # 4. extract (phase-flipped with the estimated CTF, inverted: particles white)
     run.run("extract", "extract", *mics, "--picks", picks, "--out", parts, "--diameter-a", f"{diameter_a:.1f}",
             "--invert", "--phase-flip", "--ctf", ctf / "micrographs_ctf.star")
+    # particles.star records the flip (rlnCtfDataArePhaseFlipped 1), so classify2d applies |CTF|,
+    # not the CTF a second time
+    from cryoset.io.particles import read_particles
+    from cryoset.io.schema import phase_flipped
+
+    extracted = read_particles(parts / "particles.star").table
+    n_flipped = int(phase_flipped(extracted).sum())
 
     # 5. 2D classification
     cls = out / "classes"
-    cl = run.run("classify2d", "classify2d", parts / "particles.star", "--classes", 4, "--iter", 5 if quick else 10,
-                 "--box", 48, "--diameter", f"{diameter_a:.1f}", "--seed", seed, "--out", cls, "--json").json()
+    cl = run.run("classify2d", "classify2d", parts / "particles.star", "--n-classes", 4, "--n-iter", 5 if quick else 10,
+                 "--box-px", 48, "--diameter-a", f"{diameter_a:.1f}", "--seed", seed, "--out", cls, "--json").json()
 
     # 6. store + query
     store = out / "store"
@@ -219,27 +230,27 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     run.run("store create", "store", "create", store, "--chunk-particles", 64)
     run.run("store add", "store", "add", store, "--star", cls / "particles.star", "--experiment", "SIM-DEMO")
     q = run.run("query", "query", "SELECT class_number, count(*) AS particles, avg(defocus_u_a) AS mean_defocus_u_a "
-                "FROM particles GROUP BY class_number ORDER BY class_number", "--store", store, "--json").json()
+                "FROM particles GROUP BY class_number ORDER BY class_number", "--store", store, "--json").json()["rows"]
 
     # 7. conversions of the truth picks
     first = sim / "coords" / f"{mics[0].stem}.star"
-    run.run("convert to .box", "convert", first, out / "convert" / f"{mics[0].stem}.box", "--box-size",
+    run.run("convert to .box", "convert", first, "--out", out / "convert" / f"{mics[0].stem}.box", "--box-px",
             round(diameter_px * 1.5))
     run.run("convert to .cs", "convert", out / "convert" / f"{mics[0].stem}.box",
-            out / "convert" / f"{mics[0].stem}.cs", "--micrograph-shape", size, size)
+            "--out", out / "convert" / f"{mics[0].stem}.cs", "--micrograph-shape-px", size, size)
     info = run.run("info", "info", "--json", out / "convert" / f"{mics[0].stem}.cs", mics[0],
-                   parts / "particles.star").json()
+                   parts / "particles.star").json()["files"]
 
     # 8. map track
     mapdir = out / "map"
-    run.run("simulate map", "simulate", "map", "--model", sim / "model.pdb", "--resolution", 4.0,
-            "--pixel-size", 1.0, "--out", mapdir / "simulated_map.mrc")
+    run.run("simulate map", "simulate", "map", "--model", sim / "model.pdb", "--resolution-a", 4.0,
+            "--voxel-size-a", 1.0, "--out", mapdir / "simulated_map.mrc")
     run.run("map prepare", "map", "prepare", mapdir / "simulated_map.mrc", "--model", sim / "model.pdb",
             "--out", mapdir / "prepared")
     labels = json.loads((mapdir / "prepared" / "labels_report.json").read_text())
     ca_path, aa_path = _probability_maps_from_labels(mapdir / "prepared", mapdir, seed)
     run.run("trace", "trace", ca_path, "--aa-prob", aa_path, "--sequence-from-model", sim / "model.pdb",
-            "--output", mapdir / "traced.pdb")
+            "--out", mapdir / "traced.pdb")
     cmp_ = run.run("compare-models", "compare-models", mapdir / "traced.pdb", sim / "model.pdb", "--json").json()
 
     # 9. a two-experiment dataset build, then a query over it
@@ -251,7 +262,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     bq = run.run("query build", "query", "SELECT experiment_id, count(*) AS particles, "
                  "round(avg(defocus_u_a)) AS mean_defocus_u_a, count(DISTINCT class_number) AS classes "
                  "FROM particles GROUP BY experiment_id ORDER BY experiment_id",
-                 "--store", out / "build" / "store", "--json").json()
+                 "--store", out / "build" / "store", "--json").json()["rows"]
 
     # ------------------------------------------------------------------ report
     figs = out / "figures"
@@ -268,6 +279,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     metrics = {
         "micrographs": len(mics), "true particles": len(truth),
         "picks": pooled["n_picks"], "precision": round(pooled["precision"], 3),
+        "extracted particles": len(extracted), "phase-flipped particles (|CTF| in classify2d)": n_flipped,
         "recall": round(pooled["recall"], 3), "F1": round(pooled["f1"], 3),
         "median CTF defocus error (%)": round(float(ctf_table["error (%)"].median()), 3),
         "traced residues matched (%)": round(cmp_.get("pct_matched", float("nan")), 1),

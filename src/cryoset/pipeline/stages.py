@@ -201,7 +201,7 @@ def run_extract(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out:
                            float(row["amplitude_contrast"]))
         mine = picks[picks["micrograph"] == row["micrograph"]].reset_index(drop=True)
         res = extract_particles(_read(row), mine[["micrograph", "x_px", "y_px", "score", "diameter_px"]],
-                                box, px, pixel_size_out_a=e["pixel_size_a"], invert=bool(e["invert"]),
+                                box, px, pixel_size_out_a=e["pixel_size_out_a"], invert=bool(e["invert"]),
                                 ctf=params, phase_flip_ctf=bool(e["phase_flip"]))
         t = res.table
         for col in ("defocus_u_a", "defocus_v_a", "defocus_angle_deg", "ctf_fit_resolution_a"):
@@ -262,6 +262,7 @@ def build_annotations(exp: Mapping[str, Any], work: Path) -> pd.DataFrame:
     keep = ["micrograph", "x_px", "y_px", "score", "diameter_px", "pixel_size_a",
             "micrograph_pixel_size_a", "voltage_kv", "cs_mm", "amplitude_contrast", "defocus_u_a",
             "defocus_v_a", "defocus_angle_deg", "ctf_fit_resolution_a"]
+    keep += [c for c in ("ctf_phase_flipped",) if c in table.columns]  # |CTF| for flipped images
     ann = table[keep].rename(columns=_ANNOTATION_RENAMES).reset_index(drop=True)
     ann["astigmatism_a"] = (ann["defocus_u_a"] - ann["defocus_v_a"]).abs()
     ann = pd.concat([ann, classes.reset_index(drop=True)], axis=1)
@@ -272,8 +273,6 @@ def build_annotations(exp: Mapping[str, Any], work: Path) -> pd.DataFrame:
 def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path,
               *, store_root: Path, build_hash: str) -> dict[str, Any]:
     """Append the experiment to the particle store (once; recovered after a crash)."""
-    import shutil
-
     from cryoset.provenance import make_provenance
     from cryoset.store import ParticleStore
 
@@ -288,8 +287,7 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
         n = store.num_particles(eid)
         (out / "summary.json").write_text(json.dumps({"particles": n, "recovered": True}))
         return {"stored": n}
-    for stale in (store_root / "experiments").glob(f".{eid}.*.part"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # (stale hidden writes of this experiment are removed by add_experiment, under the store's lock)
     stack = np.load(work / "extract" / "particles.npy", mmap_mode="r")
     ann = build_annotations(exp, work)
     if len(ann) == 0:

@@ -14,6 +14,9 @@ images; conventions of :mod:`cryoset.geometry`):
    (Friedel mates fold into ``kx ≥ 0``), accumulating
 
    ``D(k) = Σ_j w_j CTF_j X_j``  and  ``W(k) = Σ_j w_j CTF_j²``  (``w_j``: trilinear weights).
+   For phase-flipped images (``phase_flipped`` in the CTF parameters; the CTF left in them is
+   ``|CTF|``) ``|CTF_j|`` replaces ``CTF_j`` in ``D``; ``W`` is unchanged (RELION's
+   ``--ctf_phase_flipped``).
 
    With ``--symmetry`` every image is inserted once per operator ``R`` with pose ``A R``
    (:mod:`cryoset.recon.symmetry`).
@@ -180,13 +183,19 @@ def _ctf_batch(ctf_params: dict[str, NDArray[np.float64]] | None, idx: NDArray[n
         return None
     from cryoset.ctf.model import ctf_2d_batch
 
-    return ctf_2d_batch(
+    ctf = ctf_2d_batch(
         ctf_params["defocus_u_a"][idx], ctf_params["defocus_v_a"][idx],
         ctf_params["defocus_angle_deg"][idx], (n_pad, n_pad), pixel_size_a,
         voltage_kv=float(ctf_params["voltage_kv"][idx[0]]), cs_mm=float(ctf_params["cs_mm"][idx[0]]),
         amplitude_contrast=float(ctf_params["amplitude_contrast"][idx[0]]),
         phase_shift_deg=ctf_params["phase_shift_deg"][idx], bfactor_a2=ctf_params["bfactor_a2"][idx],
         rfft=True)
+    flags = ctf_params.get("phase_flipped")
+    if flags is not None:  # phase-flipped images carry |CTF|
+        flipped = np.asarray(flags)[idx] != 0
+        if flipped.any():
+            ctf[flipped] = np.abs(ctf[flipped])
+    return ctf
 
 
 def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.float64],
@@ -211,7 +220,8 @@ def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.floa
     ctf_params
         Per-image arrays ``defocus_u_a``, ``defocus_v_a``, ``defocus_angle_deg``,
         ``phase_shift_deg``, ``bfactor_a2``, ``voltage_kv``, ``cs_mm``, ``amplitude_contrast``
-        (shape (n,)); None for images without CTF (CTF = 1).
+        (shape (n,)) and optionally ``phase_flipped`` (non-zero: the image was phase-flipped,
+        ``|CTF|`` is used); None for images without CTF (CTF = 1).
     symmetry_ops : array, shape (s, 3, 3), optional
         Point-group operators; each image is inserted with poses ``A @ R``.
     pad_images

@@ -97,29 +97,21 @@ def atoms_from_protein(protein: Any) -> AtomSet:
 
 
 def atoms_from_file(path: str) -> AtomSet:
-    """Read the polymer and ligand atoms (no water, no hydrogens) of a PDB/mmCIF file."""
-    import gemmi
+    """Read the polymer and ligand atoms (no water, no hydrogens) of a PDB/mmCIF file.
 
-    try:
-        st = gemmi.read_structure(str(path))
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(path, f"cannot read structure: {exc}") from exc
-    st.remove_hydrogens()
-    st.remove_waters()
-    xyz: list[tuple[float, float, float]] = []
-    el: list[str] = []
-    b: list[float] = []
-    if len(st) == 0:
-        raise InputError(path, "the structure has no model")
-    for chain in st[0]:
-        for res in chain:
-            for atom in res:
-                xyz.append((atom.pos.x, atom.pos.y, atom.pos.z))
-                el.append(atom.element.name)
-                b.append(atom.b_iso)
-    if not xyz:
-        raise InputError(path, "the structure has no atoms")
-    return AtomSet(np.array(xyz), np.array(el), np.array(b))
+    Read strictly through :func:`cryoset.io.structure.read_structure` (every alternate
+    location kept): a file with no atoms or with non-numeric, NaN or infinite coordinates
+    raises :class:`InputError` naming the file.
+    """
+    from cryoset.io.structure import read_structure
+
+    atoms = read_structure(path, all_altlocs=True).atoms
+    keep = (atoms["entity_type"] != "water") & ~atoms["element"].isin(["H", "D"])
+    atoms = atoms.loc[keep]
+    if atoms.empty:
+        raise InputError(path, "the structure has no atoms other than water and hydrogen")
+    return AtomSet(atoms[["x_a", "y_a", "z_a"]].to_numpy(np.float64), atoms["element"].to_numpy(str),
+                   atoms["b_factor"].to_numpy(np.float64))
 
 
 def interaction_constant_rad_per_v_a(voltage_kv: float) -> float:

@@ -13,7 +13,8 @@ Layout::
 
 Appending an experiment writes a hidden temporary directory and renames it into place
 when complete, so readers never see a half-written experiment and the other experiments
-are never rewritten. Images are stored as uint8 with a per-particle linear scaling
+are never rewritten. The rename is exclusive (a second writer of the same id fails, unless
+it asked to replace) and commits are serialised by an ``flock`` on ``STORE/.commit.lock``. Images are stored as uint8 with a per-particle linear scaling
 (``image_offset + image_scale * stored``; the scaling is in the Parquet table) or as
 float16; chunks are compressed with Blosc-Zstd + bit-shuffle (the measured choice, see
 docs/store.md).
@@ -40,7 +41,13 @@ from numpy.typing import NDArray
 
 from cryoset import __version__
 from cryoset.errors import InputError
-from cryoset.io.atomic import atomic_directory, write_text_atomic
+from cryoset.io.atomic import (
+    DestinationExists,
+    atomic_directory,
+    exclusive_lock,
+    remove_stale_parts,
+    write_text_atomic,
+)
 from cryoset.store.schema import FIELD_TYPES, REQUIRED, SCHEMA_VERSION
 
 Encoding = Literal["uint8", "float16"]
@@ -356,6 +363,7 @@ class ParticleStore:
         provenance: dict[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
         preencoded: bool = False,
+        replace: bool = False,
     ) -> int:
         """Append one experiment; returns its particle count.
 
@@ -375,18 +383,56 @@ class ParticleStore:
         preencoded
             ``images`` are already uint8 stored values and ``annotations`` carry their
             ``image_offset`` / ``image_scale`` (lossless import into a uint8 store).
+        replace
+            Swap an experiment already stored under ``experiment_id`` for this one. Without
+            it the commit is exclusive: when the id exists — or another writer commits it
+            while this one writes — this call raises :class:`InputError` and the stored
+            experiment is untouched.
+
+        Notes
+        -----
+        Commits (the rename of the complete hidden directory into place, and a replacement)
+        are serialised by an ``flock`` on ``STORE/.commit.lock``; the data are written
+        before it is taken, so concurrent appends of different experiments run in parallel.
+        Hidden ``.<id>.….part`` directories left by killed writers are removed under the
+        lock (directories of live writers are recognised by their writer's lock and kept).
         """
         if not _ID.match(experiment_id):
             raise InputError(experiment_id, "experiment id must be letters, digits, '.', '_' or '-'")
         final = self.root / "experiments" / experiment_id
-        if final.exists():
-            raise InputError(final, "experiment already in the store (experiments are never rewritten)")
+        taken = (f"experiment {experiment_id!r} is already in the store (experiments are never rewritten; "
+                 "replace it explicitly)")
+        if final.exists() and not replace:
+            raise InputError(final, taken)
+        with exclusive_lock(self.commit_lock_path):
+            remove_stale_parts(self.root / "experiments", f".{experiment_id}.*.part")
         blocks: Iterable[NDArray[Any]] = [images] if isinstance(images, np.ndarray) else images
+        try:
+            n = self._write_experiment(final, experiment_id, blocks, annotations, provenance, progress,
+                                       preencoded, replace)
+        except DestinationExists:
+            raise InputError(final, taken + ": another writer added it first") from None
+        self._arrays.pop(experiment_id, None)
+        self._tables.pop(experiment_id, None)
+        self._scalings.pop(experiment_id, None)
+        self._chunk_files.pop(experiment_id, None)
+        return n
+
+    @property
+    def commit_lock_path(self) -> Path:
+        """The lock file that serialises commits into this store."""
+        return self.root / ".commit.lock"
+
+    def _write_experiment(self, final: Path, experiment_id: str, blocks: Iterable[NDArray[Any]],
+                          annotations: pd.DataFrame, provenance: dict[str, Any] | None,
+                          progress: Callable[[int], None] | None, preencoded: bool, replace: bool) -> int:
+        """Write one experiment into a hidden directory and commit it (see :meth:`add_experiment`);
+        returns its particle count."""
         import zarr
 
         offsets: list[NDArray[np.float32]] = []
         scales: list[NDArray[np.float32]] = []
-        with atomic_directory(final) as tmp:
+        with atomic_directory(final, replace=replace, lock=self.commit_lock_path) as tmp:
             arr = None
             n = 0
             for block in blocks:
@@ -438,9 +484,6 @@ class ParticleStore:
             record = provenance or {}
             pq.write_table(_to_arrow(table, record), tmp / "annotations.parquet", compression="zstd")
             (tmp / "provenance.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        self._tables.pop(experiment_id, None)
-        self._scalings.pop(experiment_id, None)
-        self._chunk_files.pop(experiment_id, None)
         return n
 
     # ------------------------------------------------------------------- reading
@@ -597,28 +640,26 @@ class ParticleStore:
         return [self.root / "experiments" / e / "annotations.parquet" for e in self.experiments()]
 
     def connect(self) -> Any:
-        """A DuckDB connection with a ``particles`` view over every committed experiment."""
-        import duckdb
+        """A read-only DuckDB connection with a ``particles`` view over every committed experiment.
 
-        con = duckdb.connect()
-        files = [str(p) for p in self.parquet_files()]
-        if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW particles AS SELECT * FROM read_parquet([{listing}], union_by_name=true)")
-        else:
-            con.execute("CREATE VIEW particles AS SELECT NULL::VARCHAR AS experiment_id, "
-                        "NULL::BIGINT AS particle_index WHERE false")
-        return con
+        It can read the store's Parquet files and nothing else (no other file, URL,
+        database or extension; configuration locked): see :mod:`cryoset.store.sql`.
+        """
+        from cryoset.store.sql import read_only_connection
+
+        return read_only_connection(self.parquet_files())
 
     def query(self, sql: str) -> pd.DataFrame:
-        """Run SQL against the ``particles`` view; returns a DataFrame."""
-        import duckdb
+        """Run one read-only SELECT against the ``particles`` view; returns a DataFrame.
+
+        Anything but a single SELECT (``COPY``, ``ATTACH``, ``SET``, ``INSTALL``…) and any
+        access outside the store is an :class:`InputError` (``query: …``).
+        """
+        from cryoset.store.sql import run_select
 
         con = self.connect()
         try:
-            return con.execute(sql).df()
-        except duckdb.Error as exc:
-            raise InputError("query", f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            return run_select(con, sql)
         finally:
             con.close()
 

@@ -29,7 +29,7 @@ _CANONICAL_SHARED = (
     "micrograph", "x_px", "y_px", "score", "diameter_px", "pixel_size_a", "voltage_kv", "cs_mm",
     "amplitude_contrast", "defocus_u_a", "defocus_v_a", "defocus_angle_deg", "phase_shift_deg",
     "rot_deg", "tilt_deg", "psi_deg", "shift_x_a", "shift_y_a", "class_number", "max_prob",
-    "ess", "eca",
+    "ess", "eca", "ctf_phase_flipped",
 )
 _STORE_ONLY = ("image_offset", "image_scale")
 
@@ -56,7 +56,7 @@ def export_relion(store: ParticleStore, selection: Selection, out_dir: str | os.
                   progress: Callable[[int], None] | None = None) -> Path:
     """Write ``<out>/stacks/<experiment>.mrcs`` and ``<out>/particles.star`` (RELION 3.1)."""
     from cryoset.io.mrc import write_stack
-    from cryoset.io.particles import write_particles
+    from cryoset.io.particles import relion_path, write_particles
 
     out = Path(out_dir)
     (out / "stacks").mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def export_relion(store: ParticleStore, selection: Selection, out_dir: str | os.
         write_stack(out / stack_rel, images, pix)
         table = pd.DataFrame({c: ann[c] for c in _CANONICAL_SHARED if c in ann.columns})
         table["image_index"] = np.arange(len(ann), dtype=np.int64)
-        table["image_path"] = stack_rel
+        table["image_path"] = relion_path(out / stack_rel, out / "particles.star")  # as RELION resolves
         table["image_size_px"] = images.shape[-1]
         if "pixel_size_a" not in table:
             table["pixel_size_a"] = pix
@@ -94,8 +94,18 @@ def export_relion(store: ParticleStore, selection: Selection, out_dir: str | os.
 
 
 def import_relion(star_path: str | os.PathLike[str], store: ParticleStore, experiment_id: str, *,
-                  provenance: dict[str, Any] | None = None, block_particles: int = 1024) -> int:
-    """Add the particles of a RELION STAR (+ its stacks) to ``store`` as one experiment."""
+                  provenance: dict[str, Any] | None = None, block_particles: int = 1024,
+                  replace: bool = False) -> int:
+    """Add the particles of a RELION STAR (+ its stacks) to ``store`` as one experiment.
+
+    ``replace`` swaps an experiment already stored under that id (see
+    :meth:`ParticleStore.add_experiment`); without it an existing id is an InputError.
+
+    Refused before anything is written (:class:`InputError`): a pixel size that is not positive,
+    an image index outside its stack, an image size (``rlnImageSize``) that contradicts the
+    stack; while the images are copied (the experiment then never appears): NaN or infinite
+    pixels.
+    """
     from cryoset.io.mrc import read_stack
     from cryoset.io.particles import read_particles
 
@@ -103,15 +113,34 @@ def import_relion(star_path: str | os.PathLike[str], store: ParticleStore, exper
     ps = read_particles(star, require=("image_path", "image_index"))
     table = ps.table.reset_index(drop=True)
     stacks: dict[str, Any] = {}
+    paths: dict[str, Path] = {}
 
     def resolve(rel: str) -> Path:
-        p = Path(rel)
-        if p.is_absolute() and p.exists():
-            return p
-        for base in (star.parent, Path.cwd()):
-            if (base / p).exists():
-                return base / p
-        raise InputError(star, f"stack {rel} not found next to the STAR file")
+        from cryoset.io.particles import resolve_image_path
+
+        return resolve_image_path(rel, star)  # RELION's rule: the current directory, else beside the STAR
+
+    # everything that can be checked without reading the images is checked before writing
+    if "pixel_size_a" in table.columns:
+        pixel = pd.to_numeric(table["pixel_size_a"], errors="coerce").to_numpy(np.float64)
+        bad = (pixel <= 0) | np.isinf(pixel)
+        if bad.any():
+            raise InputError(star, f"the pixel size of {int(bad.sum())} particles is not a positive "
+                             f"number (first: {pixel[np.argmax(bad)]:g} Å)")
+    for key, rows in table.groupby(table["image_path"].astype(str), sort=False):
+        paths[key] = resolve(key)
+        stacks[key] = read_stack(paths[key], permissive=True)
+        n, ny, nx = stacks[key].shape
+        idx = rows["image_index"].to_numpy(np.int64)
+        if idx.min() < 0 or idx.max() >= n:
+            raise InputError(star, f"image {int(idx.max()) + 1} of {key} is out of range: the stack "
+                             f"holds {n} images")
+        if "image_size_px" in rows.columns:
+            sizes = pd.to_numeric(rows["image_size_px"], errors="coerce").dropna().unique()
+            wrong = [int(v) for v in sizes if int(v) != nx or int(v) != ny]
+            if wrong:
+                raise InputError(star, f"rlnImageSize {wrong[0]} contradicts the {ny}×{nx} px images "
+                                 f"of {key}")
 
     def blocks() -> Any:
         for start in range(0, len(table), block_particles):
@@ -119,14 +148,15 @@ def import_relion(star_path: str | os.PathLike[str], store: ParticleStore, exper
             imgs = []
             for path_value, idx in zip(part["image_path"], part["image_index"], strict=True):
                 key = str(path_value)
-                if key not in stacks:
-                    stacks[key] = read_stack(resolve(key), permissive=True)
-                imgs.append(stacks[key].images(int(idx)))
+                image = stacks[key].images(int(idx))
+                if not np.isfinite(image).all():
+                    raise InputError(paths[key], f"image {int(idx) + 1} holds NaN or infinite pixels")
+                imgs.append(image)
             yield np.stack(imgs)
 
     keep = [c for c in table.columns if c not in ("image_path", "image_index")]
     ann = table[keep].copy()
-    return store.add_experiment(experiment_id, blocks(), ann, provenance=provenance)
+    return store.add_experiment(experiment_id, blocks(), ann, provenance=provenance, replace=replace)
 
 
 def export_hdf5(store: ParticleStore, selection: Selection, path: str | os.PathLike[str], *,
@@ -202,8 +232,11 @@ def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def import_hdf5(path: str | os.PathLike[str], store: ParticleStore, experiment_id: str, *,
-                provenance: dict[str, Any] | None = None) -> int:
-    """Add a cryoPANDA-style HDF5 file to ``store`` as one experiment (lossless for uint8 stores)."""
+                provenance: dict[str, Any] | None = None, replace: bool = False) -> int:
+    """Add a cryoPANDA-style HDF5 file to ``store`` as one experiment (lossless for uint8 stores).
+
+    ``replace`` as in :func:`import_relion`.
+    """
     import h5py
 
     p = Path(path)
@@ -213,10 +246,11 @@ def import_hdf5(path: str | os.PathLike[str], store: ParticleStore, experiment_i
     table = table.drop(columns=[c for c in ("experiment_id", "particle_index") if c in table])
     has_scaling = all(c in table for c in _STORE_ONLY)
     if images.dtype == np.uint8 and has_scaling and store.encoding == "uint8":
-        return store.add_experiment(experiment_id, images, table, provenance=provenance, preencoded=True)
+        return store.add_experiment(experiment_id, images, table, provenance=provenance, preencoded=True,
+                                    replace=replace)
     if images.dtype == np.uint8 and has_scaling:
         decoded = decode(images, table["image_offset"].to_numpy(), table["image_scale"].to_numpy())
     else:
         decoded = images.astype(np.float32)
     table = table.drop(columns=[c for c in _STORE_ONLY if c in table])
-    return store.add_experiment(experiment_id, decoded, table, provenance=provenance)
+    return store.add_experiment(experiment_id, decoded, table, provenance=provenance, replace=replace)

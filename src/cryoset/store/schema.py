@@ -5,6 +5,9 @@ Version history
 1.0
     First release. Required: ``experiment_id``, ``particle_index``, ``image_offset``,
     ``image_scale``. Everything else optional (null when unknown).
+1.1
+    Adds ``ctf_phase_flipped`` (optional; absent or null reads as 0, not flipped), so
+    classification and reconstruction from a store apply ``|CTF|`` to phase-flipped images.
 
 Columns are grouped as the cryoPANDA paper groups its ~47 fields: experiment, acquisition,
 CTF, picking, 2D classification, 3D alignment, sample. Units are in the names.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: (name, Arrow type, group, description)
 FIELDS: tuple[tuple[str, pa.DataType, str, str], ...] = (
@@ -36,6 +39,8 @@ FIELDS: tuple[tuple[str, pa.DataType, str, str], ...] = (
     ("defocus_angle_deg", pa.float32(), "ctf", "astigmatism angle"),
     ("astigmatism_a", pa.float32(), "ctf", "|defocus U - defocus V|"),
     ("phase_shift_deg", pa.float32(), "ctf", "phase-plate shift"),
+    ("ctf_phase_flipped", pa.int8(), "ctf",
+     "1: images phase-flipped (the CTF left in them is abs(CTF)), 0: not (RELION rlnCtfDataArePhaseFlipped)"),
     ("ctf_fit_resolution_a", pa.float32(), "ctf", "CTF fit resolution"),
     ("micrograph", pa.string(), "picking", "micrograph name"),
     ("x_px", pa.float32(), "picking", "particle centre x in micrograph pixels"),
