@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint clean voxel-model
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# The voxel network shipped in the package: corpus from ../shared/data, 8 epochs on the CPU
+# (about 50 minutes on 2 cores), then the weights copied into the package.
+voxel-model: venv
+	$(VENV)/bin/cryoset train voxel-corpus --shared-data ../shared/data -o build/voxel-corpus --variants 2 --seed 0
+	$(VENV)/bin/cryoset train voxel examples/voxel-train.yaml -o build/voxel-run --device cpu
+	install -m 0644 build/voxel-run/model.safetensors src/cryoset/data/models/voxelnet_unet.safetensors
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

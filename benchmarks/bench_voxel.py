@@ -78,6 +78,41 @@ def _curves(model: torch.nn.Module, prepared: Path, name: str) -> dict[str, Any]
     return row
 
 
+def _realism(shared: Path, corpus: Path, table: pd.DataFrame) -> dict[str, Any]:
+    """Spectral falloff and local spread of the real maps and of the simulated corpus maps."""
+    from cryoset.maps.spectrum import (
+        falloff_resolution_a,
+        local_falloff_resolutions_a,
+        radial_power_spectrum,
+    )
+
+    def measure(path: Path) -> dict[str, Any]:
+        m = read_map(path)
+        v = float(m.voxel_size_a[0])
+        f, p = radial_power_spectrum(m.data, v)
+        loc = local_falloff_resolutions_a(m.data, v)
+        med = float(np.median(loc)) if loc.size else float("nan")
+        return {"voxel_a": round(v, 3), "nyquist_a": round(2 * v, 2),
+                "falloff_a": round(falloff_resolution_a(f, p), 2), "local_median_a": round(med, 2),
+                "local_relative_spread": round(float(loc.std() / med), 3) if loc.size > 1 else None,
+                "local_cubes": int(loc.size)}
+
+    real = {name: measure(shared / "maps" / rel) for name, rel in (
+        ("EMD-5168 (6.6 Å)", "emd_5168/emd_5168.map"), ("EMD-5625", "model_less/emd_5625.map"),
+        ("EMD-1832", "model_less/emd_1832.map"))}
+    sims = []
+    for _, row in table[table["status"] == "ok"].iterrows():
+        r = measure(corpus / str(row["emdb_id"]) / "map.mrc")
+        r["resolution_a"] = float(row["resolution_a"])
+        sims.append(r)
+    ratio = [s["falloff_a"] / s["resolution_a"] for s in sims]
+    spread = [s["local_relative_spread"] for s in sims if s["local_relative_spread"] is not None]
+    return {"real": real, "simulated_falloff_over_resolution_median": round(float(np.median(ratio)), 3),
+            "simulated_falloff_over_resolution_iqr": [round(float(q), 3) for q in np.percentile(ratio, [25, 75])],
+            "simulated_local_relative_spread_median": round(float(np.median(spread)), 3),
+            "simulated_local_relative_spread_iqr": [round(float(q), 3) for q in np.percentile(spread, [25, 75])]}
+
+
 def _fasta_from_model(model: Path, out: Path) -> Path:
     from cryoset.trace.model import read_ca_table
     from cryoset.trace.residues import ONE_LETTER, three_to_index
@@ -116,6 +151,7 @@ def main() -> dict[str, Any]:
     table = pd.read_parquet(corpus / "metadata.parquet")
     test = table[(table["split"] == "test") & (table["status"] == "ok")]
     rows = [_curves(model, corpus / str(e), str(e)) for e in test["emdb_id"]]
+    realism = _realism(shared, corpus, table)
 
     # the real map: EMD-5168 with 3MFP's labels
     from cryoset.maps.dataset import PrepareOptions, prepare_map
@@ -160,7 +196,8 @@ def main() -> dict[str, Any]:
         opt.step()
     train_rate = steps * 8 / (time.perf_counter() - t0)
 
-    result = {"checkpoint": str(checkpoint), "threads": torch.get_num_threads(), "curves": rows,
+    result = {"checkpoint": str(checkpoint), "threads": torch.get_num_threads(), "realism": realism,
+              "curves": rows,
               "model_build": builds, "inference_200_cubed_s": round(infer_s, 1),
               "density_peaks_200_cubed_s": round(peak_s, 1), "ratio_network_over_peaks": round(infer_s / peak_s, 1),
               "train_subgrids_per_s": round(train_rate, 1)}
@@ -172,6 +209,7 @@ def main() -> dict[str, Any]:
               f"{r['random_tol0_best_f1']:.3f} / {r['random_tol1_best_f1']:.3f}")
     for b in builds:
         print(f"  model-build {b}")
+    print(f"  realism: {json.dumps(realism)}")
     print(f"  inference 200³: {infer_s:.1f} s (density peaks {peak_s:.1f} s, ratio {infer_s / peak_s:.1f}); "
           f"training {train_rate:.1f} sub-grids/s")
     return result

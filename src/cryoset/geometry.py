@@ -45,7 +45,7 @@ def euler_to_matrix(rot_deg: ArrayLike, tilt_deg: ArrayLike, psi_deg: ArrayLike)
 
     Examples
     --------
-    >>> euler_to_matrix(0.0, 0.0, 0.0)
+    >>> euler_to_matrix(0.0, 0.0, 0.0) + 0.0  # + 0.0 writes the -0.0 entries as 0.0
     array([[1., 0., 0.],
            [0., 1., 0.],
            [0., 0., 1.]])

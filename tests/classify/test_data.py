@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryoset.classify.data import load_star, require_ctf
+from cryoset.classify.data import require_ctf
 from cryoset.errors import InputError
 from cryoset.io.mrc import write_stack
+from cryoset.workflows.particle_images import load_star
 
 _STAR = """
 data_optics
@@ -88,3 +89,18 @@ def test_nan_ctf_is_reported_as_nan_and_missing_ctf_as_missing(tmp_path: Path, r
     with pytest.raises(InputError, match=r"particles lack CTF parameters \(defocus_u_a\); use --no-ctf"):
         require_ctf(table.drop(columns="defocus_u_a"), star)
     require_ctf(pd.concat([table.iloc[:1]] * 2, ignore_index=True), star)
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("voltage_kv", 0.0, r"voltage_kv must be > 0 kV but is 0 for 2 of 2 particles"),
+    ("cs_mm", -1.0, r"cs_mm must be >= 0 mm but is -1 for 2 of 2 particles"),
+    ("amplitude_contrast", 7.0, r"amplitude_contrast must be in \[0, 1\) but is 7 for 2 of 2 particles"),
+])
+def test_impossible_optics_are_refused_in_one_line(column: str, value: float, message: str) -> None:
+    """Issue #16 review: a STAR with rlnVoltage 0 (or amplitude contrast 7) ended classify2d and
+    reconstruct in a ValueError traceback from the CTF model."""
+    table = pd.DataFrame({"defocus_u_a": [1e4, 1e4], "defocus_v_a": [1e4, 1e4], "defocus_angle_deg": [0.0, 0.0],
+                          "voltage_kv": [300.0, 300.0], "cs_mm": [2.7, 2.7], "amplitude_contrast": [0.1, 0.1]})
+    require_ctf(table, "p.star")
+    with pytest.raises(InputError, match=message):
+        require_ctf(table.assign(**{column: value}), "p.star")

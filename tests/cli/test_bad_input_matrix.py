@@ -296,6 +296,16 @@ def _png(name: str) -> Callable[[Inputs, Path], Path]:
     return _file(name, _png_bytes())
 
 
+def _probe_file(tmp: Path, index: int, file_name: str = "x_particles.h5") -> Path:
+    """A cryoPANDA probe Parquet file naming one particle of the good store's experiment ``x``."""
+    import pandas as pd
+
+    path = tmp / "probe.parquet"
+    pd.DataFrame({"FileIndex": [0], "FileName": [file_name], "FileParticleIndex": [index], "BinIndex": [0],
+                  "BinCenter": [1.0], "AnnotationValue": [1.0]}).to_parquet(path)
+    return path
+
+
 def _missing(name: str) -> Callable[[Inputs, Path], Path]:
     return lambda inp, tmp: tmp / name
 
@@ -841,6 +851,20 @@ def cells() -> list[Cell]:
             lambda i, t, p, sub=sub: ["datasets", sub, p, "--layout", "cryopanda"]
             + (["--store", t / "st"] if sub == "import" else []))
     add("datasets crosscheck", "wrong-format", png("w.png"), lambda i, t, p: ["datasets", "crosscheck", p, p])
+
+    def ds_export(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["datasets", "export", i.store, "--layout", "cryopanda", "--out", t / "ex",
+                                "--selection", p, *extra]
+
+    add("datasets export", "empty", _file("e.parquet", b""), ds_export())
+    add("datasets export", "truncated", _truncate("selection", 20, "t.parquet"), ds_export())
+    add("datasets export", "wrong-format", png("w.parquet"), ds_export())
+    add("datasets export", "missing", _missing("m.parquet"), ds_export())
+    add("datasets export", "output-under-file", None,
+        lambda i, t, p: ["datasets", "export", i.store, "--layout", "cryopanda", "--out", _blocked(t)], "blocker")
+    add("datasets export", "index-out-of-range", lambda i, t: _probe_file(t, 9), ds_export())
+    add("datasets export", "unknown-experiment", lambda i, t: _probe_file(t, 0, "10005_particles.h5"),
+        ds_export(), "not in the store")
     add("datasets crosscheck", "missing", _missing("nothing"), lambda i, t, p: ["datasets", "crosscheck", p, p])
 
     # --- demo --out
@@ -879,6 +903,8 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("datasets list", "missing"): "takes no argument",
     ("datasets crosscheck", "negative"): "has no size option",
     ("datasets summary", "nan"): "reads tables and headers only; a NaN image is the import cell's business",
+    ("datasets export", "nan"): "the selection holds integer keys only; store contents are checked on add",
+    ("datasets export", "negative"): "has no size option (the published size, 224 px, is fixed)",
     ("datasets import", "nan"): "cryoPANDA images are uint8 (no NaN); CryoPPP stacks are read by the "
                                 "strict MRC reader (the store add cells)",
     ("fetch record", "missing"): "a missing --out list is created (that is not an error)",

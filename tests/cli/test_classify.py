@@ -60,6 +60,10 @@ def test_classify2d_writes_relion_star_averages_gallery_and_stats(run_cli, sim_d
     assert set(classes["verdict"]) <= {"good", "small", "low_power", "high_power", "resolution"}
     assert (classes["good"] == (classes["verdict"] == "good")).all()
     assert summary["good_classes"] == [int(c) for c in classes["class_number"][classes["good"]]]
+    # CryoVirusDB's Table 3 statistic: population-weighted mean class resolution
+    finite = classes[np.isfinite(classes["resolution_a"]) & (classes["population"] > 0)]
+    expected = float((finite["resolution_a"] * finite["population"]).sum() / finite["population"].sum())
+    assert summary["weighted_class_resolution_a"]["all"] == pytest.approx(expected)
 
 
 def test_classify2d_from_store_query(run_cli, sim_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -59,10 +59,11 @@ def test_list_and_info_say_what_is_known(run_cli: Any) -> None:
     for doi in ("FCDG0W", "CGUENL", "2GSSC9", "JMN60H", "SXNYRE", "DTV4JF"):
         assert f"doi:10.7910/DVN/{doi}" in out
     code, out, _ = run_cli("datasets", "info", "cryovirusdb")
-    assert "zenodo" in out and "10397742" in out
-    for name in ("cryoppp", "cryopanda"):
-        code, out, _ = run_cli("datasets", "info", name)
-        assert code == 0 and "unknown record id" in out and "not known:" in out and "--record" in out
+    assert "zenodo" in out and "10397742" in out and "calla.rnet.missouri.edu/CryoVirusDB/" in out
+    code, out, _ = run_cli("datasets", "info", "cryoppp")
+    assert code == 0 and "unknown record id" in out and "not known:" in out and "--record" in out
+    code, out, _ = run_cli("datasets", "info", "cryopanda")
+    assert code == 0 and "sciencedb doi:10.57760/sciencedb.27164" in out and "not known:" in out
     code, _, err = run_cli("datasets", "info", "nope")
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
 
@@ -134,3 +135,32 @@ def test_crosscheck_and_import(run_cli: Any, tmp_path: Path) -> None:
     # a file without image_offset/image_scale is re-quantised by the store: within half a step
     np.testing.assert_allclose(store.read_images("EMPIAR-10001", [2])[0],
                                (np.arange(512, 768) % 256).reshape(16, 16).astype(np.float32), rtol=0, atol=0.51)
+
+
+def test_export_writes_the_published_cryopanda_layout(run_cli: Any, tmp_path: Path) -> None:
+    from cryoset.store.dataset import ParticleStore
+
+    store = ParticleStore.create(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    store.add_experiment("EMPIAR-10076", rng.normal(size=(5, 32, 32)).astype(np.float32),
+                         pd.DataFrame({"defocus_u_a": np.linspace(1e4, 2e4, 5), "pixel_size_a": 2.0,
+                                       "score": np.arange(5.0)}))
+    code, out, err = run_cli("datasets", "export", tmp_path / "store", "--layout", "cryopanda", "--out",
+                             tmp_path / "panda", "--strict", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["particles"] == 5 and summary["files"] == [str(tmp_path / "panda" / "10076_particles.h5")]
+    with h5py.File(tmp_path / "panda" / "10076_particles.h5", "r") as h5:
+        assert list(h5) == ["annotations", "images"] and h5["images"].shape == (5, 224, 224)
+        ann = json.loads(h5["annotations"][()])
+    assert next(iter(ann)) == "uid" and "score" not in ann and len(ann) == 38
+    probe = pd.DataFrame({"FileIndex": [0, 0], "FileName": ["10076_particles.h5"] * 2, "FileParticleIndex": [4, 1],
+                          "BinIndex": [1, 0], "BinCenter": [1.0, 0.0], "AnnotationValue": [1.5, 0.2]})
+    probe.to_parquet(tmp_path / "probe.parquet")
+    code, out, err = run_cli("datasets", "export", tmp_path / "store", "--layout", "cryopanda", "--out",
+                             tmp_path / "sub", "--selection", tmp_path / "probe.parquet")
+    assert code == 0, err
+    with h5py.File(tmp_path / "sub" / "10076_particles.h5", "r") as h5:
+        assert h5["images"].shape == (2, 224, 224)
+        ann = json.loads(h5["annotations"][()])
+    assert ann["DefocusU"] == [20000.0, 12500.0] and ann["score"] == [4.0, 1.0]

@@ -60,3 +60,48 @@ def test_error_lines_name_the_path_and_fit_on_one_line(tmp_path) -> None:  # typ
     assert error_line(PermissionError(errno.EACCES, "Permission denied", "/root/x")) == (
         "error: /root/x: permission denied")
     assert error_line(InputError("m.pdb", "Problem in line 1:\nATOM  1  N\n")) == "error: m.pdb: Problem in line 1: ATOM  1  N"
+
+
+def test_other_path_os_errors_are_one_line(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #16 review: an output name too long for the file system (``ENAMETOOLONG``, a plain
+    ``OSError``, not one of the path subclasses) ended in a traceback."""
+    import errno
+
+    from cryoset.cli.main import error_line, is_user_os_error
+
+    code, out, err = run_cli("simulate", "protein", "--out", tmp_path / ("a" * 300 + ".pdb"))
+    assert code == 2 and "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path}") and "file name too long" in lines[0]
+    assert error_line(OSError(errno.ENOSPC, "No space left on device")) == "error: no space left on device"
+    assert is_user_os_error(OSError(errno.EROFS, "Read-only file system", "/x"))
+    assert not is_user_os_error(OSError("a bug, not a path"))
+
+
+def test_error_lines_show_no_python_keywords(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #16 review: library messages reached the command line with Python keywords
+    (``permissive=True``, ``voxel_size_a=``, ``give fmt=``)."""
+    import re
+    import struct
+
+    import mrcfile
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P").save(tmp_path / "pal.png")
+    with mrcfile.new(tmp_path / "m.mrc") as mrc:
+        mrc.set_data(np.zeros((8, 8, 8), np.float32))
+    raw = bytearray((tmp_path / "m.mrc").read_bytes())
+    raw[40:44] = struct.pack("<f", float("nan"))  # cell length x: the voxel size is NaN
+    (tmp_path / "nan.mrc").write_bytes(bytes(raw))
+    (tmp_path / "weird.txt").write_text("a b c\n1 2 3\n")
+    (tmp_path / "p.box").write_text("10 10 20 20\n")
+    runs = [("info", tmp_path / "rgb.png"), ("info", tmp_path / "pal.png"),
+            ("map", "prepare", tmp_path / "nan.mrc", "--out", tmp_path / "prep"),
+            ("info", tmp_path / "weird.txt"),
+            ("convert", tmp_path / "p.box", "--out", tmp_path / "o.xyz", "--box-px", "20")]
+    for args in runs:
+        code, out, err = run_cli(*args)
+        assert code == 2 and "Traceback" not in out + err, (args, err)
+        assert not re.search(r"\b[a-z]+(_[a-z]+)*=", err), (args, err)

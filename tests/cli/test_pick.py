@@ -246,3 +246,18 @@ def test_relion_reconstructs_our_phase_flipped_extraction_from_the_project_direc
     assert np.all(agree.correlation[low] > 0.75)
     beyond_zero = (double.freq_per_a >= 1 / 22.0) & (double.freq_per_a <= 1 / 16.0)
     assert double.correlation[beyond_zero].min() < 0.0
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--voltage-kv", "0"], "--voltage-kv"), (["--voltage-kv", "nan"], "--voltage-kv"),
+    (["--cs-mm", "-1"], "--cs-mm"), (["--amplitude-contrast", "1"], "--amplitude-contrast"),
+])
+def test_extract_refuses_impossible_optics(mics: tuple[Path, Path], tmp_path: Path, run_cli,  # type: ignore[no-untyped-def]
+                                           argv: list[str], option: str) -> None:
+    """Issue #16 review: ``extract --voltage-kv 0`` wrote ``rlnVoltage 0`` into particles.star, exit 0."""
+    root, truth_dir = mics
+    code, out, err = run_cli("extract", root / "sim_0.mrc", "--picks", truth_dir, "--box-px", 64, *argv,
+                             "--out", tmp_path / "ex")
+    assert code == 2 and "Traceback" not in out + err
+    assert err.strip().startswith(f"error: {option}: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ex").exists()

@@ -122,3 +122,17 @@ def test_relion_reads_the_truth_star_files(run_cli, tmp_path: Path) -> None:  # 
     values = np.array(res.stdout.split(), dtype=float).reshape(-1, 2)
     picks = pd.read_csv(out / "truth_picks.csv")
     assert np.allclose(values[:, 0], picks.x_px) and np.allclose(values[:, 1], picks.tilt_deg)
+
+
+@pytest.mark.parametrize(("command", "argv", "option"), [
+    ("micrographs", ["--voltage-kv", "0"], "--voltage-kv"),
+    ("particles", ["--voltage-kv", "nan"], "--voltage-kv"),
+    ("micrographs", ["--voltage-kv", "-300"], "--voltage-kv"),
+])
+def test_impossible_optics_are_one_line(run_cli, tmp_path: Path, command: str, argv: list[str],  # type: ignore[no-untyped-def]
+                                        option: str) -> None:
+    """Issue #16 review: ``--voltage-kv 0`` ended in a traceback from deep inside the CTF model."""
+    code, out, err = run_cli("simulate", command, "--out", tmp_path / "out", *argv)
+    assert code == 2 and "Traceback" not in out + err
+    assert err.strip().startswith(f"error: {option}: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -80,7 +80,8 @@ QUANTITY_WORDS = ("pixel-size", "voxel-size", "diameter", "voltage", "defocus", 
                   "shape", "overlap", "cs")
 UNIT_SUFFIXES = ("-a", "-px", "-kv", "-mm", "-deg", "-e-per-a2", "-fraction", "-factor", "-gb")
 #: Never in help text: Python types and keywords.
-PYTHON_IN_HELP = ("<bool>", "=True", "=False", "None", "permissive=", "<list[", "List[", "<NoneType")
+PYTHON_IN_HELP = ("<bool>", "=True", "=False", "None", "permissive=", "<list[", "List[", "<NoneType",
+                  "<str>", "<int>", "<float>", "<path>")  # Typer's type column is Python's names
 
 
 def _help(run_cli: Any, path: str) -> str:
@@ -290,3 +291,12 @@ def test_no_argument_or_flag_shows_a_python_type() -> None:
             if isinstance(param, TyperArgument) or (isinstance(param, TyperOption) and param.is_flag):
                 shown = param.display_type_rich(ctx) or ""
                 assert "<" not in shown, f"{path}: {param.name} shows {shown}"
+
+
+def test_plain_type_words() -> None:
+    """Issue #16 review: options without a vocabulary metavar showed ``<str>``, ``<int>``, ``<float>``."""
+    from cryoset.cli._options import plain_type
+
+    assert [plain_type(t) for t in ("<str>", "<int>", "<float>", "<path>", "<int,int>", "<int>...")] == [
+        "TEXT", "INTEGER", "NUMBER", "PATH", "INTEGER INTEGER", "INTEGER..."]
+    assert plain_type("<blob|template>") == "<blob|template>"

@@ -187,3 +187,89 @@ def build_c2s_entry(prepared: Path, dest: Path) -> Path:
     for i in range(blocks["protein_grid"].shape[0]):
         np.savez_compressed(grids / f"emd_5168_{i}.npz", **{k: v[i] for k, v in blocks.items()})
     return entry
+
+
+#: cryoPANDA's published annotation keys in order (the authors' create_h5_dataset notebook;
+#: /work/shared/notes/ml-anchors.md); written here independently of cryoset's own list.
+PANDA_KEYS_48 = (
+    "uid ImageName AngleRot AngleTilt AnglePsi OriginXAngst OriginYAngst DefocusU DefocusV DefocusAngle "
+    "ClassNumber 2DAlignmentClassESS ClassECA MicrographName MicrographShapeX MicrographShapeY ParticleXFrac "
+    "ParticleYFrac MicrographPixelSize NCCScore CoordinateX CoordinateY CoordinateYTransposed ClassResolution "
+    "3DAlignmentError EMPIAR_ID EMD_ID PDB_ID Voltage ElectronDose SphericalAberration AmplitudeContrast "
+    "ImageSize OriginalPixelSize ImagePixelSize ReconstructionResolution EMD_Resolution MolecularWeight_kDa "
+    "Subunits MaxDiameter Symmetry DNA RNA ProteinClass SampleName NumberOfParticles DataSourceType "
+    "BadReconstruction").split()
+PANDA_MIC_KEYS = ("MicrographName MicrographShapeX MicrographShapeY ParticleXFrac ParticleYFrac "
+                  "MicrographPixelSize NCCScore CoordinateX CoordinateY CoordinateYTransposed").split()
+
+
+def panda_annotations(n: int, *, from_micrographs: bool = True, seed: int = 0) -> pd.DataFrame:
+    """A cryoPANDA annotation table as the published code builds it (a pandas frame whose
+    ``to_dict(orient='list')`` is dumped): cryoSPARC-like values, the example row of
+    10004_particles.h5 for the experiment-level columns, NaN where a value is missing."""
+    rng = np.random.default_rng(seed)
+    shape = 4096
+    x = np.round(rng.uniform(100, 4000, n), 1)
+    y = np.round(rng.uniform(100, 4000, n), 1)
+    cols: dict[str, Any] = {
+        "uid": [int(v) for v in rng.integers(10**17, 10**18, n)],
+        "ImageName": [f"{i + 1:06d}@J12/extract/mic_{i // 4:03d}_particles.mrc" for i in range(n)],
+        "AngleRot": np.round(rng.uniform(-180, 180, n), 3), "AngleTilt": np.round(rng.uniform(0, 180, n), 3),
+        "AnglePsi": np.round(rng.uniform(-180, 180, n), 3),
+        "OriginXAngst": np.round(rng.normal(0, 2, n), 3), "OriginYAngst": np.round(rng.normal(0, 2, n), 3),
+        "DefocusU": np.round(rng.uniform(8000, 30000, n), 1), "DefocusV": np.round(rng.uniform(8000, 30000, n), 1),
+        "DefocusAngle": np.round(rng.uniform(-90, 90, n), 2),
+        "ClassNumber": [int(v) for v in rng.integers(0, 50, n)],
+        "2DAlignmentClassESS": np.round(rng.uniform(1, 3, n), 4), "ClassECA": np.round(rng.uniform(1, 1.2, n), 4),
+        "MicrographName": [f"J12/motioncorrected/mic_{i // 4:03d}.mrc" for i in range(n)],
+        "MicrographShapeX": [shape] * n, "MicrographShapeY": [shape] * n,
+        # cryoSPARC keeps fractions as float32: widened to float64 they print with many digits
+        "ParticleXFrac": (x / shape).astype(np.float32).astype(np.float64),
+        "ParticleYFrac": (y / shape).astype(np.float32).astype(np.float64),
+        "MicrographPixelSize": [1.08] * n, "NCCScore": np.round(rng.uniform(0.1, 0.6, n), 4),
+        "CoordinateX": x, "CoordinateY": y, "CoordinateYTransposed": np.round(shape - y, 1),
+        "ClassResolution": np.round(rng.uniform(6, 12, n), 3), "3DAlignmentError": np.round(rng.uniform(0, 5, n), 4),
+        "EMPIAR_ID": ["10004"] * n, "EMD_ID": ["EMD-3332"] * n, "PDB_ID": [np.nan] * n,
+        "Voltage": [300.0] * n, "ElectronDose": [40.5] * n, "SphericalAberration": [2.7] * n,
+        "AmplitudeContrast": [0.1] * n, "ImageSize": [320] * n, "OriginalPixelSize": [1.08] * n,
+        "ImagePixelSize": [1.08] * n, "ReconstructionResolution": [7.88] * n, "EMD_Resolution": [6.0] * n,
+        "MolecularWeight_kDa": [293.14] * n, "Subunits": [12] * n, "MaxDiameter": [180] * n,
+        "Symmetry": ["C3"] * n, "DNA": [0] * n, "RNA": [0] * n, "ProteinClass": ["Viral Systems"] * n,
+        "SampleName": ["Bacteriophage T7 portal"] * n, "NumberOfParticles": [n] * n,
+        "DataSourceType": ["micrographs" if from_micrographs else "particles"] * n,
+        "BadReconstruction": [0] * n,
+    }
+    frame = pd.DataFrame({k: cols[k] for k in PANDA_KEYS_48})
+    frame.loc[1, "ClassResolution"] = np.nan  # a missing number
+    if not from_micrographs:
+        frame = frame.drop(columns=PANDA_MIC_KEYS)
+    return frame
+
+
+def panda_images(n: int, box: int = 96, seed: int = 0) -> np.ndarray:
+    """``n`` float particles ``(n, box, box)`` (a blob plus noise) before the published transform."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:box, :box] - box / 2
+    blob = np.exp(-(yy**2 + xx**2) / (2 * (box / 6) ** 2)).astype(np.float32)
+    return (blob[None] + rng.standard_normal((n, box, box)).astype(np.float32) * 0.5).astype(np.float32)
+
+
+def write_panda_file(path: Path, images: np.ndarray, frame: pd.DataFrame, *, to_224: bool = True) -> Path:
+    """Write ``<EXPERIMENT>_particles.h5`` exactly as the published code does: torch bilinear
+    antialiased resize to 224 in float32, per-image min-max to uint8, then ``images`` and the
+    JSON of ``frame.to_dict(orient='list')`` as the two root datasets (no attributes)."""
+    import h5py
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
+    if to_224:
+        t = torch.nn.functional.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    p = t[:, 0]
+    mn = p.amin(dim=(1, 2), keepdim=True)
+    mx = p.amax(dim=(1, 2), keepdim=True)
+    u8 = torch.round((p - mn) / (mx - mn + 1e-8) * 255).to(torch.uint8).numpy()
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("images", data=u8)
+        h5.create_dataset("annotations", data=json.dumps(frame.to_dict(orient="list")))
+    return path

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cryoset.archives.download import DownloadError, HttpClient
-from cryoset.archives.testserver import serve
+from cryoset.archives.testserver import Route, serve
 from cryoset.datasets.cryoppp import read_cryoppp
 from cryoset.datasets.registry import (
     dataverse_files,
@@ -33,19 +33,27 @@ def _client(tmp_path: Path, offline: bool = False) -> HttpClient:
 def test_registry_records_are_the_published_ones_and_unknowns_are_explicit() -> None:
     specs = registry()
     assert sorted(specs) == ["cryo2structdata", "cryopanda", "cryoppp", "cryovirusdb"]
-    assert [(s.host, s.identifier) for s in specs["cryovirusdb"].sources] == [("zenodo", "10397742")]
+    assert [(s.host, s.identifier, s.default) for s in specs["cryovirusdb"].sources] == [
+        ("zenodo", "10397742", True),  # the labels (authors' README); the micrographs are elsewhere:
+        ("listing", "https://calla.rnet.missouri.edu/CryoVirusDB/", False),  # the authors' server
+        ("listing", "https://calla.rnet.missouri.edu/CryoVirusDB_Lite/", False)]
+    assert [(s.host, s.identifier) for s in specs["cryopanda"].sources] == [
+        ("sciencedb", "doi:10.57760/sciencedb.27164")]
+    with pytest.raises(InputError, match=r"sciencedb\.27164.*open API"):
+        resolve_sources(specs["cryopanda"])
     c2s = {s.subset: s.identifier for s in specs["cryo2structdata"].sources}
     assert c2s == {"full": "doi:10.7910/DVN/FCDG0W", "small": "doi:10.7910/DVN/CGUENL",
                    "test": "doi:10.7910/DVN/2GSSC9", "metadata": "doi:10.7910/DVN/JMN60H",
                    "models-full": "doi:10.7910/DVN/SXNYRE", "models-small": "doi:10.7910/DVN/DTV4JF"}
+    assert all(s.identifier is None for s in specs["cryoppp"].sources)
     for name in ("cryoppp", "cryopanda"):
-        assert all(s.identifier is None for s in specs[name].sources)
         with pytest.raises(InputError, match="--record"):
             resolve_sources(specs[name])
         (src, url), = resolve_sources(specs[name], record="4242", base_url="http://h/")
         assert (src.host, src.identifier, url) == ("zenodo", "4242", "http://h")
     assert parse_record("doi:10.7910/DVN/ABC") == ("dataverse", "doi:10.7910/DVN/ABC")
     assert parse_record("10.5281/zenodo.1") == ("dataverse", "doi:10.5281/zenodo.1")
+    assert parse_record("https://h/CryoVirusDB") == ("listing", "https://h/CryoVirusDB/")
     with pytest.raises(InputError):
         parse_record("zenodo-x")
     with pytest.raises(InputError, match="subsets: full"):
@@ -133,3 +141,39 @@ def test_dataverse_listing_shapes_and_download(tmp_path: Path) -> None:
     assert [f["extracted"] for f in result.files] == [True, False, False]
     with pytest.raises(InputError, match="not a Dataverse dataset"):
         dataverse_files({"status": "ERROR", "message": "Dataset not found"}, "http://h", "x", "api")
+
+
+def test_directory_index_download_resumes_verifies_size_and_works_offline(
+        tmp_path: Path, cryoppp_full: tuple[Path, dict[str, Any]]) -> None:
+    """The CryoVirusDB authors' server: a plain HTTP directory index of <EMPIAR>.tar.gz files."""
+    root, built = cryoppp_full
+    archive = tar_dir(root, "10028")
+    index = (b'<html><body><h1>Index of /CryoVirusDB</h1><a href="?C=N;O=D">Name</a> '
+             b'<a href="/">Parent Directory</a> <a href="10028.tar.gz">10028.tar.gz</a> '
+             b'<a href="10017.tar.gz">10017.tar.gz</a> <a href="old/">old/</a></body></html>')
+    content = Route(body=archive, content_type="application/gzip")
+    content.drop_after_bytes = len(archive) // 2
+    routes = {"/CryoVirusDB/": Route(body=index, content_type="text/html"),
+              "/CryoVirusDB/10028.tar.gz": content, "/CryoVirusDB/10017.tar.gz": Route(body=b"x" * 10)}
+    spec = get_spec("cryovirusdb")
+    with serve(routes) as base:
+        record = f"{base}/CryoVirusDB/"
+        listed = list_remote_files(spec, _client(tmp_path), record=record)
+        assert [f.key for f in listed] == ["10028.tar.gz", "10017.tar.gz"]
+        assert all(f.size_bytes is None and f.checksum is None for f in listed)
+        result = download_dataset(spec, tmp_path / "out", _client(tmp_path), subsets=["10028"], record=record)
+        assert content.range_requests and routes["/CryoVirusDB/10017.tar.gz"].hits == 0
+    (f,) = result.files
+    assert f["extracted"] and Path(f["path"]) == tmp_path / "out" / "10028"
+    entry = read_cryoppp(tmp_path / "out" / "10028")
+    assert len(entry.particles) == len(built["particles"])
+    again = download_dataset(spec, tmp_path / "out", _client(tmp_path, offline=True), subsets=["10028"],
+                             record=record)
+    assert again.files[0]["n_members"] == f["n_members"]
+    routes_short = {"/CryoVirusDB/": Route(body=index, content_type="text/html"),
+                    "/CryoVirusDB/10028.tar.gz": Route(body=archive[:100], ranges=False)}
+    routes_short["/CryoVirusDB/10028.tar.gz"].drop_after_bytes = 50
+    with serve(routes_short) as base, pytest.raises(InputError):
+        download_dataset(spec, tmp_path / "out3", HttpClient(cache_dir=tmp_path / "c3", retries=0, backoff_s=0.0,
+                                                             timeout_s=5), subsets=["10028"], record=f"{base}/CryoVirusDB/")
+    assert not (tmp_path / "out3" / "10028").exists()

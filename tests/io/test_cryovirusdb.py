@@ -142,3 +142,62 @@ def test_writer_needs_shape_or_no_flip(tmp_path: Path, rng: np.random.Generator)
     with pytest.raises(InputError, match="x_px"):
         write_cryovirusdb(tmp_path / "a.csv", pd.DataFrame({"y_px": [1.0]}), flip_y=False)
     assert not (tmp_path / "a.csv").exists()
+
+
+# --- CryoVirusDB's collective particles CSV (issue #24) -------------------------------------
+_COLLECTIVE = ["Particles Filename", "Micrographs Filename", "X-Coordinate", "Y-Coordinate", "Angle-Psi",
+               "Origin X (Ang)", "Origin Y (Ang)", "Defocus U", "Defocus V", "Defocus Angle", "Phase Shift",
+               "CTF B Factor", "Optics Group", "Class Number"]
+
+
+def _published_collective(path: Path) -> Path:
+    """The collective CSV as CryoVirusDB's convert script writes it: STAR tokens copied as
+    text into a pandas frame with these 14 columns, ``to_csv(index=False)``."""
+    rows = [["FoilHole_1_particles.mrc", "FoilHole_1.mrc", "1024.5", "2000.0", "-35.25", "1.5", "-0.75",
+             "12000.5", "11800.25", "45.0", "0.0", "0.0", "1", "7"],
+            ["FoilHole_2_particles.mrc", "FoilHole_2.mrc", "300.0", "512.0", "170.5", "0.0", "2.25",
+             "15000.0", "14900.0", "-12.5", "0.0", "0.0", "1", "12"]]
+    pd.DataFrame(rows, columns=_COLLECTIVE).to_csv(path, index=False)
+    return path
+
+
+def test_collective_csv_reads_and_writes_back_as_published(tmp_path: Path) -> None:
+    from cryoset.io.cryovirusdb import COLLECTIVE_CSV_COLUMNS
+
+    assert list(COLLECTIVE_CSV_COLUMNS) == _COLLECTIVE  # first Particles Filename, the 12 listed, no Diameter
+    src = _published_collective(tmp_path / "particles_selected.csv")
+    t = read_cryovirusdb(src, micrograph_shape=(4096, 4096))
+    assert t.attrs["cryovirusdb_variant"] == "collective"
+    assert t["psi_deg"].tolist() == [-35.25, 170.5] and t["class_number"].tolist() == [7, 12]
+    assert t["y_px"].tolist() == [4095 - 2000.0, 4095 - 512.0]
+    out = write_cryovirusdb(tmp_path / "back.csv", t, micrograph_shape=(4096, 4096), variant="collective")
+    a, b = pd.read_csv(src, dtype=str), pd.read_csv(out, dtype=str)
+    assert list(b.columns) == _COLLECTIVE
+    assert b["Particles Filename"].tolist() == a["Particles Filename"].tolist()
+    np.testing.assert_array_equal(b.iloc[:, 2:].astype(float), a.iloc[:, 2:].astype(float))
+    with_d = write_cryovirusdb(tmp_path / "d.csv", t, micrograph_shape=(4096, 4096), variant="collective",
+                               diameter=True)
+    assert pd.read_csv(with_d).columns.tolist()[:5] == [*_COLLECTIVE[:4], "Diameter"]
+
+
+def test_collective_csv_after_2d_classification_names_the_stacks(tmp_path: Path) -> None:
+    table = pd.DataFrame({"micrograph": ["m1.mrc", "m1.mrc"], "x_px": [10.0, 20.0], "y_px": [5.0, 6.0],
+                          "image_path": ["Extract/stacks/m1.mrcs", "Extract/stacks/m1.mrcs"],
+                          "psi_deg": [12.5, -40.0], "shift_x_a": [1.5, 0.0], "shift_y_a": [-2.0, 0.5],
+                          "class_number": [3, 1], "defocus_u_a": 1.0e4, "defocus_v_a": 1.0e4})
+    out = write_cryovirusdb(tmp_path / "c.csv", table, flip_y=False, variant="collective")
+    got = pd.read_csv(out)
+    assert got.columns.tolist() == _COLLECTIVE
+    assert got["Particles Filename"].tolist() == ["m1.mrcs"] * 2
+    assert got["Angle-Psi"].tolist() == [12.5, -40.0] and got["Class Number"].tolist() == [3, 1]
+    assert got["Origin X (Ang)"].tolist() == [1.5, 0.0] and got["Origin Y (Ang)"].tolist() == [-2.0, 0.5]
+
+
+def test_weighted_average_class_resolution() -> None:
+    from cryoset.io.cryovirusdb import weighted_class_resolution
+
+    classes = pd.DataFrame({"class_number": [1, 2, 3, 4], "population": [100, 300, 50, 0],
+                            "resolution_a": [10.0, 6.0, np.inf, 4.0]})
+    assert weighted_class_resolution(classes) == pytest.approx((100 * 10 + 300 * 6) / 400)
+    assert weighted_class_resolution(classes, n=1) == 6.0  # the most populated class
+    assert np.isnan(weighted_class_resolution(classes.iloc[2:3]))

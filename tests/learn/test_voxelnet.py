@@ -359,3 +359,28 @@ def test_predict_cli_refuses_a_pickled_checkpoint(tmp_path: Path, run_cli) -> No
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "evil.safetensors" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- the shipped network
+def test_shipped_network_builds_a_model_it_never_saw(prepared: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """``model-build`` with no --checkpoint: the packaged weights on a procedural protein (not in training)."""
+    from cryoset.workflows.voxel import DEFAULT_CHECKPOINT
+
+    assert DEFAULT_CHECKPOINT.is_file()
+    assert DEFAULT_CHECKPOINT.stat().st_size < 25 * 2**20
+    from cryoset.trace.model import read_ca_table
+    from cryoset.trace.residues import ONE_LETTER, three_to_index
+
+    table = read_ca_table(prepared / "model.pdb")
+    seq = "".join(ONE_LETTER[three_to_index(n)] for n in table["residue_name"])
+    (tmp_path / "seq.fasta").write_text(f">A\n{seq}\n")
+    code, out, err = run_cli("model-build", prepared / "map.mrc", "--sequence", tmp_path / "seq.fasta",
+                             "-o", tmp_path / "model.cif", "--reference", prepared / "model.pdb", "--json")
+    assert code == 0, err
+    import json
+
+    result = json.loads(out)
+    assert result["residues"] == len(seq)
+    assert result["comparison"]["pct_matched"] >= 80.0
+    assert result["comparison"]["rmsd_a"] < 1.5
+    assert (tmp_path / "model_prediction" / "ca_prob.mrc").is_file()

@@ -8,6 +8,7 @@ import pytest
 
 from cryoset.ctf.model import CTFParams, ctf_2d
 from cryoset.errors import InputError
+from cryoset.fourier.crop import fourier_crop
 from cryoset.particles.extract import (
     box_size_for_diameter,
     cut_boxes,
@@ -17,7 +18,6 @@ from cryoset.particles.extract import (
     output_box_size,
     phase_flip,
 )
-from cryoset.particles.fourier import fourier_crop
 
 
 def _picks(xy: list[tuple[float, float]]) -> pd.DataFrame:

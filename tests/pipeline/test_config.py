@@ -26,7 +26,24 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, GOOD))
     exp = cfg["experiments"][0]
     assert exp["kind"] == "simulated" and exp["params"]["size_px"] == 512
-    assert cfg["classify"]["n_classes"] == 4 and cfg["store"]["encoding"] == "uint8"
+    assert cfg["classify"]["n_classes"] == 8 and cfg["store"]["encoding"] == "uint8"
+    assert cfg["classify"]["rounds"] == 1 and cfg["duplicates"]["min_distance_a"] is None
+
+
+def test_step_defaults_are_the_commands_defaults(tmp_path: Path) -> None:
+    """Issue #17: one default per option, shared by the command and the build configuration."""
+    import dataclasses
+
+    from cryoset.workflows.classify2d import Classify2DParams
+    from cryoset.workflows.ctf import CtfParams
+    from cryoset.workflows.pick import ExtractParams, PickParams
+
+    cfg = load_config(_write(tmp_path, GOOD))
+    for section, params in (("ctf", CtfParams), ("pick", PickParams), ("extract", ExtractParams),
+                            ("classify", Classify2DParams)):
+        defaults = {f.name: f.default for f in dataclasses.fields(params)}
+        for key, value in cfg[section].items():
+            assert value == defaults[key], f"{section}.{key}"
     assert cfg["base_dir"] == str(tmp_path.resolve())
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from cryoset.fourier.slices import central_slice_coordinates
 from cryoset.geometry import euler_to_matrix, random_rotations
 from cryoset.recon.fsc import fourier_ring_correlation
 from cryoset.simulate.potential import center_of_mass, potential_volume, project_atoms
 from cryoset.simulate.projection import (
-    central_slice_coordinates,
     fourier_slices,
     fourier_volume,
     gridding_correction,

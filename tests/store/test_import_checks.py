@@ -27,7 +27,7 @@ _rlnImageDimensionality #5
 _rlnVoltage #6
 _rlnSphericalAberration #7
 _rlnAmplitudeContrast #8
-1 opticsGroup1 {pixel} {size} 2 300.0 2.7 0.1
+1 opticsGroup1 {pixel} {size} 2 {voltage} 2.7 {amplitude}
 
 data_particles
 
@@ -40,10 +40,11 @@ _rlnOpticsGroup #5
 """
 
 
-def _star(folder: Path, *, pixel: str = "2.0", size: int = 16, first: int = 1, n: int = 4) -> Path:
+def _star(folder: Path, *, pixel: str = "2.0", size: int = 16, first: int = 1, n: int = 4,
+          voltage: str = "300.0", amplitude: str = "0.1") -> Path:
     rows = "".join(f"{k:06d}@particles.mrcs 15000 14000 10 1\n" for k in range(first, first + n))
     path = folder / "particles.star"
-    path.write_text(_HEAD.format(pixel=pixel, size=size) + rows)
+    path.write_text(_HEAD.format(pixel=pixel, size=size, voltage=voltage, amplitude=amplitude) + rows)
     return path
 
 
@@ -61,6 +62,9 @@ def test_good_star_is_stored(store: ParticleStore, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("star", "message"), [
     ({"pixel": "-2.0"}, r"the pixel size of 4 particles is not a positive number \(first: -2 Å\)"),
     ({"pixel": "0"}, r"the pixel size of 4 particles is not a positive number"),
+    ({"pixel": "nan"}, r"the pixel size of 4 particles is not a positive number \(first: nan Å\)"),  # review
+    ({"voltage": "0"}, r"voltage_kv must be > 0 kV but is 0 for 4 particles"),  # review
+    ({"amplitude": "7"}, r"amplitude_contrast must be in \[0, 1\) but is 7 for 4 particles"),  # review
     ({"first": 3}, r"image 6 of particles.mrcs is out of range: the stack holds 4 images"),
     ({"size": 32}, r"rlnImageSize 32 contradicts the 16×16 px images of particles.mrcs"),
 ])

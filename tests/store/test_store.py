@@ -19,6 +19,7 @@ from cryoset.store.exports import (
     import_relion,
     resize_images,
 )
+from cryoset.store.schema import SCHEMA_VERSION
 from cryoset.testing import require_shared_data
 
 
@@ -72,7 +73,7 @@ def test_add_read_query(tmp_path: Path, rng: np.random.Generator, encoding: str)
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(tmp_path / "s" / "experiments" / "EXP-A" / "annotations.parquet").metadata
-    assert meta[b"cryoset_schema_version"] == b"1.1"
+    assert meta[b"cryoset_schema_version"] == SCHEMA_VERSION.encode()
 
 
 def test_failed_append_is_invisible_and_others_untouched(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -409,8 +410,9 @@ def test_replacing_an_experiment_is_explicit(tmp_path: Path, rng: np.random.Gene
 def test_phase_flip_flag_survives_the_store(tmp_path: Path, rng: np.random.Generator) -> None:
     """``ctf_phase_flipped`` (schema 1.1) goes into the store, out to classification (|CTF|), out to
     RELION (``rlnCtfDataArePhaseFlipped`` in data_optics) and back in."""
-    from cryoset.classify.data import ctf_images, load_store
+    from cryoset.classify.data import ctf_images
     from cryoset.io.star import read_star
+    from cryoset.workflows.particle_images import load_store
 
     store = ParticleStore.create(tmp_path / "s", encoding="float16", chunk_particles=8)
     x1, a1 = _experiment(rng, 10, box=16)

@@ -46,6 +46,7 @@ import scipy.fft
 import scipy.sparse
 from numpy.typing import NDArray
 
+from cryoset.fourier.shells import rfft_multiplicity, shell_index, shell_mean
 from cryoset.geometry import euler_to_matrix
 
 #: Images per E/M chunk (bounds memory: chunk × K × n_psi × b² floats).
@@ -213,32 +214,6 @@ def rotate_images(images: NDArray[np.float32], psi_deg: NDArray[np.float64]) -> 
     return out
 
 
-def _radial_index(b: int) -> NDArray[np.int64]:
-    ky = np.fft.fftfreq(b) * b
-    kx = np.arange(b // 2 + 1)
-    return np.rint(np.hypot(ky[:, None], kx[None, :])).astype(np.int64)
-
-
-def _rfft_weights(b: int) -> NDArray[np.float64]:
-    """Multiplicity of each rfft2 column in the full transform (Parseval)."""
-    w = np.full(b // 2 + 1, 2.0)
-    w[0] = 1.0
-    if b % 2 == 0:
-        w[-1] = 1.0
-    return w
-
-
-def _radial_mean(values: NDArray[np.float64], shells: NDArray[np.int64], nshell: int) -> NDArray[np.float64]:
-    """Mean over rfft2 shells of ``values`` (..., b, b//2+1) → (..., nshell)."""
-    flat = values.reshape(*values.shape[:-2], -1)
-    s = shells.ravel()
-    onehot = np.zeros((s.size, nshell))
-    keep = s < nshell
-    onehot[np.flatnonzero(keep), s[keep]] = 1.0
-    count = np.maximum(onehot.sum(axis=0), 1.0)
-    return np.asarray((flat @ onehot) / count, np.float64)
-
-
 def _centre(avg: NDArray[np.float32], mask: NDArray[np.float32]) -> NDArray[np.float32]:
     """Shift an average so its (positive, masked) centre of mass is at the box centre."""
     b = avg.shape[-1]
@@ -293,7 +268,7 @@ def _prepare(images: NDArray[np.float32], ctf: NDArray[np.float32] | None,
     spec = scipy.fft.rfft2(np.fft.ifftshift(x, axes=(-2, -1)), workers=-1)
     c = np.ones((n, b, b // 2 + 1), np.float32) if ctf is None else np.asarray(ctf, np.float32)
     spec = (spec * c).astype(np.complex64)
-    shells = _radial_index(b)
+    shells = shell_index(b, 2)
     nshell = b // 2 + 1
     ctf2 = (c * c).astype(np.float32)
     offsets = _offsets(settings.offset_range_px)
@@ -309,11 +284,11 @@ def _prepare(images: NDArray[np.float32], ctf: NDArray[np.float32] | None,
     band_mask = np.hypot(ky_all[band_y][:, None], band_x[None, :]) <= r_max
     r_off = int(settings.offset_range_px)
     t1 = np.arange(-r_off, r_off + 1)
-    dft_x = (_rfft_weights(b)[band_x][:, None] * np.exp(2j * np.pi * np.outer(band_x, t1) / b)
+    dft_x = (rfft_multiplicity(b)[band_x][:, None] * np.exp(2j * np.pi * np.outer(band_x, t1) / b)
              / (b * b)).astype(np.complex64)
     dft_y = np.exp(2j * np.pi * np.outer(t1, ky_all[band_y]) / b).astype(np.complex64)
     square = (offsets[:, 1] + r_off) * t1.size + (offsets[:, 0] + r_off)
-    return _Problem(spec, x2, ctf2, _radial_mean(ctf2.astype(np.float64), shells, nshell), mask,
+    return _Problem(spec, x2, ctf2, shell_mean(ctf2.astype(np.float64), shells, nshell), mask,
                     float(mask.sum()), psi, offsets, min(cap, b / 2.0 - 1.0), shells, nshell, band_y, band_x,
                     band_mask, dft_x, dft_y, square)
 
@@ -366,7 +341,7 @@ def _e_chunk(prob: _Problem, rows: NDArray[np.int64], centre: NDArray[np.int64],
     step = (prod @ prob.dft_x).reshape(-1, ny, tx).transpose(0, 2, 1).reshape(-1, ny)
     cc_sq = (step @ prob.dft_y.T).real.reshape(c, k, m, tx, ty)  # [..., tx, ty]
     cc = cc_sq.transpose(0, 1, 2, 4, 3).reshape(c, k, m, -1)[..., prob.square_index]
-    wts = _rfft_weights(b)[prob.band_x] * prob.band_mask
+    wts = rfft_multiplicity(b)[prob.band_x] * prob.band_mask
     c2w = (prob.ctf2[rows][:, iy, ix] * wts).reshape(c, -1)
     norm2 = (c2w @ ref_pow[:, :, iy, ix].reshape(k * m, -1).T).reshape(c, k, m) / (b * b)
     gain = (cc - 0.5 * norm2[..., None]) / sigma2
@@ -463,7 +438,7 @@ def _averages(prob: _Problem, numer: NDArray[np.complex128], class_prob: NDArray
     denom = np.maximum(denom_shell[:, shells], 1e-9)
     noise_pow = sigma2 * prob.mask_area  # per Fourier coefficient of one image
     raw = nspec / denom
-    pow_shell = _radial_mean(np.abs(raw) ** 2, prob.shells, prob.nshell)
+    pow_shell = shell_mean(np.abs(raw) ** 2, prob.shells, prob.nshell)
     tau2 = np.maximum(pow_shell - noise_pow / np.maximum(denom_shell, 1e-9), 0.0)
     reg = noise_pow / np.maximum(tau2_fudge * tau2, 1e-30)
     spec = nspec / (denom + np.minimum(reg, 1e30)[:, shells])

@@ -18,10 +18,8 @@ object on stdout, with null where a number is missing or not finite (never NaN).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -31,6 +29,7 @@ from typer.models import DefaultPlaceholder
 
 from cryoset.deprecation import notify_deprecated
 from cryoset.errors import InputError
+from cryoset.io.jsontext import json_safe
 
 
 @dataclass(frozen=True)
@@ -289,10 +288,37 @@ class _Argument(TyperArgument):
         return None
 
 
+#: Typer's type column (``<str>``, ``<int>``, …) in plain words, like the vocabulary's metavars.
+_PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH", "file": "FILE",
+                "dir": "DIR"}
+
+
+def plain_type(shown: str) -> str:
+    """``<str>`` → ``TEXT``, ``<int>`` → ``INTEGER``, ``<float>`` → ``NUMBER``, ``<path>`` → ``PATH``;
+    anything else (a list of choices) is left as it is."""
+    body, dots = (shown[:-3], "...") if shown.endswith("...") else (shown, "")
+    if not (body.startswith("<") and body.endswith(">")):
+        return shown
+    words = body[1:-1].split(",")
+    if not all(w in _PLAIN_TYPES for w in words):
+        return shown
+    return " ".join(_PLAIN_TYPES[w] for w in words) + dots
+
+
+class _Option(TyperOption):
+    """An option without a vocabulary metavar whose type column is a plain word, not a Python type."""
+
+    def display_type_rich(self, ctx: _click.Context) -> str | None:
+        shown = super().display_type_rich(ctx)
+        return plain_type(shown) if shown and self.metavar is None else shown
+
+
 def _plain_params(params: list[_click.Parameter]) -> None:
     for param in params:
         if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
             param.metavar = ""  # no "<bool>" column for flags
+        elif type(param) is TyperOption and param.metavar is None:
+            param.__class__ = _Option  # no "<str>", "<int>", "<float>" column either; _Option adds no state
         elif type(param) is TyperArgument:
             param.__class__ = _Argument  # Typer has no argument-class hook; _Argument adds no state
 
@@ -345,21 +371,6 @@ def use_vocabulary(app: typer.Typer) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # JSON output
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON-ready copy of ``value``: non-finite floats become None, numpy values plain ones."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
-        return json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def echo_json(obj: Mapping[str, Any]) -> None:

@@ -40,12 +40,13 @@ def detect_input_kind(path: Path) -> str:
     """``"particles"`` or ``"coords"`` from the file's name and contents."""
     suffix = path.suffix.lower()
     if suffix == ".star":
+        from cryoset.io.relion_labels import COORDINATE_X, IMAGE_NAME
         from cryoset.io.star import describe_blocks, read_star
 
         blocks = read_star(path)
-        if any("rlnImageName" in df.columns for df in blocks.values()):
+        if any(IMAGE_NAME in df.columns for df in blocks.values()):
             return "particles"
-        if any({"rlnCoordinateX", "CoordinateX"} & set(df.columns) for df in blocks.values()):
+        if any({COORDINATE_X, "CoordinateX"} & set(df.columns) for df in blocks.values()):
             return "coords"
         raise InputError(path, f"holds neither particles nor coordinates: a {describe_blocks(blocks)}")
     if suffix == ".cs":

@@ -11,6 +11,7 @@ Examples::
     cryoset datasets summary data/cryovirusdb/10205 --layout cryoppp --json
     cryoset datasets import data/cryopanda/10017_particles.h5 --layout cryopanda --store store/
     cryoset datasets crosscheck data/c2s/EMD-5168 prepared/EMD-5168 --out agreement.json
+    cryoset datasets export store/ --layout cryopanda --out panda/
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 
 import typer
 
-from cryoset.cli._options import echo_json, json_option, json_safe, option
+from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
+from cryoset.io.jsontext import json_safe
 
 _LAYOUTS = ("cryoppp", "cryo2struct", "cryopanda")
 
@@ -73,7 +75,8 @@ def register(app: typer.Typer) -> None:
             echo_json({"name": spec.name, "title": spec.title, "layout": spec.layout,
                        "reference": spec.reference, "select_by": spec.select_by,
                        "sources": [{"subset": src.subset, "host": src.host, "identifier": src.identifier,
-                                    "description": src.description} for src in spec.sources],
+                                    "description": src.description, "default": src.default}
+                                   for src in spec.sources],
                        "notes": spec.notes or None, "not_known": spec.not_known or None})
             return
         typer.echo(f"{spec.name}: {spec.title}")
@@ -82,7 +85,8 @@ def register(app: typer.Typer) -> None:
         typer.echo("records:" if spec.select_by == "source" else "record:")
         for src in spec.sources:
             where = f"{src.host or 'unknown host'} {src.identifier or 'unknown record id'}"
-            typer.echo(f"  {src.subset:13s} {where:32s} {src.description}")
+            how = "" if src.default else " (only with --record " + str(src.identifier) + ")"
+            typer.echo(f"  {src.subset:13s} {where:32s} {src.description}{how}")
         subsets = ("--subset NAME selects records" if spec.select_by == "source"
                    else "--subset EMPIAR id selects files")
         typer.echo(f"subsets: {subsets}")
@@ -241,6 +245,59 @@ def register(app: typer.Typer) -> None:
             raise InputError("--layout", f"must be cryopanda or cryoppp, not {layout!r}")
         if as_json:
             echo_json({"store": str(store), "experiments": added, "particles": sum(added.values())})
+
+    @group.command("export")
+    def export(
+        store: Path = typer.Argument(..., help="Particle store."),
+        layout: str = typer.Option(..., "--layout", help="cryopanda (the only layout written so far)."),
+        out: Path = option("out", ..., help="Output directory: one <EXPERIMENT>_particles.h5 per experiment."),
+        selection: Path | None = typer.Option(
+            None, "--selection", help="Parquet selection: from `cryoset query --out`, or a cryoPANDA "
+            "probe/index file (FileName, FileParticleIndex, …). Default: every particle."),
+        strict: bool = typer.Option(False, "--strict", help="Write only the published keys (no columns of ours)."),
+        as_json: bool = json_option(),
+    ) -> None:
+        """Write a store (or a selection of it) in a published layout, under its key names.
+
+        Examples:
+
+            cryoset datasets export store/ --layout cryopanda --out panda/
+
+            cryoset datasets export store/ --layout cryopanda --selection probe_train.parquet --out panda/ --json
+        """
+        import pandas as pd
+
+        from cryoset.cli._paths import require_directory_location
+        from cryoset.datasets.cryopanda import export_cryopanda, read_probe_selection
+        from cryoset.provenance import make_provenance, write_provenance
+        from cryoset.store.dataset import ParticleStore, Selection
+
+        if layout != "cryopanda":
+            raise InputError("--layout", f"must be cryopanda, not {layout!r}")
+        require_directory_location(out, "--out")
+        ps = ParticleStore.open(store)
+        if selection is None:
+            sel = ps.select()
+        else:
+            if not selection.is_file():
+                raise InputError(selection, "no such selection file")
+            try:
+                columns = set(pd.read_parquet(selection).columns)
+            except Exception as exc:  # pyarrow raises several types for unreadable files
+                raise InputError(selection, f"is not a readable Parquet file ({exc})") from None
+            if {"experiment_id", "particle_index"} <= columns:
+                sel = Selection(pd.read_parquet(selection))
+            else:
+                sel = read_probe_selection(selection, ps)
+        paths = export_cryopanda(ps, sel, out, extras=not strict)
+        write_provenance(out, make_provenance("datasets export", {"layout": layout, "strict": strict},
+                                              [selection] if selection is not None else []))
+        if as_json:
+            echo_json({"out": str(out), "layout": layout, "files": [str(p) for p in paths], "particles": len(sel)})
+            return
+        for path in paths:
+            typer.echo(str(path))
+        typer.echo(f"exported {len(sel)} particles")
 
     @group.command("crosscheck")
     def crosscheck(

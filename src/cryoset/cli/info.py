@@ -29,7 +29,6 @@ from cryoset.errors import InputError
 MRC_SUFFIXES = {".mrc", ".mrcs", ".map", ".st", ".rec", ".ali", ".ccp4"}
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 MODEL_SUFFIXES = {".pdb", ".cif", ".ent", ".mmcif"}
-COORD_SUFFIXES = {".box", ".csv", ".cbox", ".tsv", ".txt"}
 
 
 def _base_suffix(path: Path) -> str:
@@ -52,7 +51,9 @@ def detect_kind(path: Path) -> str:
         return "cs"
     if suffix in MODEL_SUFFIXES:
         return "model"
-    if suffix in COORD_SUFFIXES:
+    from cryoset.io.coords import COORDINATE_SUFFIXES  # .star and .cs are told apart above
+
+    if suffix in COORDINATE_SUFFIXES:
         return "coords"
     raise InputError(path, f"unknown file type {suffix or '(no suffix)'!r}")
 

@@ -9,6 +9,7 @@ as one line on stderr, naming the file or parameter, with exit code 2 and no tra
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -49,6 +50,18 @@ PATH_ERRORS: tuple[type[OSError], ...] = (
     FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError,
 )
 _USER_ERRORS: tuple[type[Exception], ...] = (InputError, typer.TyperException, *PATH_ERRORS)
+#: ``errno`` values of other operating-system errors that are about the user's paths or disk,
+#: not a bug (a file name too long, a read-only or full file system, a symbolic-link loop).
+_ENVIRONMENT_ERRNOS: frozenset[int] = frozenset(
+    getattr(errno, name) for name in ("ENAMETOOLONG", "EROFS", "ENOSPC", "EDQUOT", "ELOOP", "EFBIG")
+    if hasattr(errno, name)
+)
+
+
+def is_user_os_error(exc: BaseException) -> bool:
+    """An operating-system error the user can act on: one about a named path, or a full/read-only disk."""
+    return isinstance(exc, OSError) and (isinstance(exc, PATH_ERRORS) or exc.filename is not None
+                                         or exc.errno in _ENVIRONMENT_ERRNOS)
 
 
 def _version_callback(value: bool) -> None:
@@ -136,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: aborted", file=sys.stderr)
         return 130
     except _USER_ERRORS as exc:
+        print(error_line(exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_user_os_error(exc):
+            raise
         print(error_line(exc), file=sys.stderr)
         return 2
     return int(result) if isinstance(result, int) else 0

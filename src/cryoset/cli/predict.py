@@ -73,8 +73,9 @@ def register(app: typer.Typer) -> None:
                                                help="Weights (.safetensors); default: the shipped model."),
         reference: Path | None = typer.Option(None, "--reference", metavar="MODEL",
                                               help="Deposited model to compare with (RMSD, % matched)."),
-        threshold: float = typer.Option(0.4, "--threshold", metavar="P",
-                                        help="Minimum Cα probability of a candidate."),
+        threshold: float | None = typer.Option(
+            None, "--threshold", metavar="P",
+            help="Minimum Cα probability of a candidate (default: the weights' own, chosen on validation maps)."),
         min_distance_a: float = option("min_distance_a", 2.0, help="Minimum distance between candidates, Å."),
         batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Sub-grids per forward pass."),
         device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),

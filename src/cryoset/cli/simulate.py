@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import typer
 
-from cryoset.cli._options import json_option, json_safe, option
+from cryoset.cli._options import json_option, option
 from cryoset.errors import InputError
+from cryoset.io.jsontext import json_safe
 
 simulate_app = typer.Typer(
     name="simulate",

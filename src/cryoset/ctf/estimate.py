@@ -42,6 +42,7 @@ from scipy import optimize
 
 from cryoset.ctf.model import CTFParams, amplitude_contrast_phase_rad, electron_wavelength_a
 from cryoset.errors import InputError
+from cryoset.fourier.shells import shell_count, shell_index, shell_sum
 
 __all__ = [
     "CC_THRESHOLD",
@@ -123,14 +124,15 @@ class EstimateOptions:
 
     def __post_init__(self) -> None:
         if self.tile_px < _MIN_TILE_PX:
-            raise ValueError(f"tile_px must be >= {_MIN_TILE_PX}, got {self.tile_px}")
+            raise ValueError(f"the tile size must be at least {_MIN_TILE_PX} px, got {self.tile_px}")
         if not 0 < self.max_resolution_a < self.min_resolution_a:
             raise ValueError(
-                "max_resolution_a must be positive and smaller than min_resolution_a, got "
-                f"{self.max_resolution_a} and {self.min_resolution_a}"
+                "the fit's maximum resolution must be positive and finer (smaller) than its minimum "
+                f"resolution, got {self.max_resolution_a} Å and {self.min_resolution_a} Å"
             )
         if not 0 < self.defocus_min_a < self.defocus_max_a:
-            raise ValueError("defocus_min_a must be positive and smaller than defocus_max_a")
+            raise ValueError("the defocus search range must be positive and its minimum smaller than its maximum, "
+                             f"got {self.defocus_min_a} Å to {self.defocus_max_a} Å")
 
 
 @dataclass(frozen=True)
@@ -306,15 +308,15 @@ class _Grid:
         r2 = gx * gx + gy * gy
         r = np.sqrt(r2)
         inv = 1.0 / np.where(r2 > 0, r2, 1.0)
-        rbin = np.rint(r).astype(np.intp)
+        rbin = shell_index(tile, 2).astype(np.intp)
         # cos 2θ and sin 2θ without trigonometry (θ = atan2(k_y, k_x)); 1 and 0 at the origin.
         cos2 = np.where(r2 > 0, (gx * gx - gy * gy) * inv, 1.0)
         sin2 = 2.0 * gx * gy * inv
         return cls(tile, pixel_size_a, r, rbin, r / (tile * pixel_size_a), cos2, sin2, int(rbin.max()) + 1)
 
     def radial_mean(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
-        sums = np.bincount(self.rbin.ravel(), values.ravel(), minlength=self.nbins)
-        counts = np.bincount(self.rbin.ravel(), minlength=self.nbins)
+        sums = shell_sum(values, self.rbin, self.nbins)
+        counts = shell_count(self.rbin, self.nbins)
         out: NDArray[np.float64] = sums / np.maximum(counts, 1)
         return out
 
@@ -652,10 +654,9 @@ def _shell_cc(
 ) -> NDArray[np.float64]:
     """Cross-correlation in shells ``[r − h, r + h]`` (per radius bin)."""
     def rsum(v: NDArray[np.float64]) -> NDArray[np.float64]:
-        out: NDArray[np.float64] = np.bincount(grid.rbin.ravel(), v.ravel(), minlength=grid.nbins).astype(np.float64)
-        return out
+        return shell_sum(v, grid.rbin, grid.nbins)
 
-    counts = np.bincount(grid.rbin.ravel(), minlength=grid.nbins).astype(np.float64)
+    counts = shell_count(grid.rbin, grid.nbins).astype(np.float64)
 
     def window(v: NDArray[np.float64]) -> NDArray[np.float64]:
         # windowed sums = windowed mean × windowed count

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -152,6 +153,42 @@ class CTFParams:
                 f"amplitude_contrast must be in [0, 1), got {self.amplitude_contrast!r}"
             )
 
+    @classmethod
+    def from_row(cls, row: Any, fallback: CTFParams | None = None) -> CTFParams:
+        """The CTF of one row of a canonical table (``defocus_u_a``, ``defocus_v_a``…).
+
+        The one place a :class:`CTFParams` is built from a table row (a dict, a pandas
+        Series or anything with ``.get``). ``defocus_u_a`` is required; a missing or NaN
+        ``defocus_v_a`` is ``defocus_u_a``, a missing ``defocus_angle_deg`` is 0; missing
+        optics (``voltage_kv``, ``cs_mm``, ``amplitude_contrast``, ``phase_shift_deg``) come
+        from ``fallback``, else from the defaults above. Raises ValueError like the
+        constructor.
+
+        >>> CTFParams.from_row({"defocus_u_a": 15000.0, "voltage_kv": 200.0}).defocus_v_a
+        15000.0
+        >>> CTFParams.from_row({"defocus_u_a": 1.0, "cs_mm": float("nan")}).cs_mm
+        2.7
+        """
+        base = fallback if fallback is not None else _DEFAULTS
+
+        def get(name: str, default: float) -> float:
+            v = row.get(name, None)
+            if v is None:
+                return default
+            try:
+                f = float(v)
+            except TypeError:  # pandas' NA
+                return default
+            return default if math.isnan(f) else f
+
+        u = float(row["defocus_u_a"])
+        return cls(
+            u, get("defocus_v_a", u), get("defocus_angle_deg", 0.0),
+            get("voltage_kv", base.voltage_kv), get("cs_mm", base.cs_mm),
+            get("amplitude_contrast", base.amplitude_contrast),
+            get("phase_shift_deg", base.phase_shift_deg),
+        )  # fmt: skip
+
     @property
     def defocus_mean_a(self) -> float:
         """Mean defocus ``(U + V) / 2`` in Å."""
@@ -166,6 +203,10 @@ class CTFParams:
     def wavelength_a(self) -> float:
         """Electron wavelength (Å)."""
         return electron_wavelength_a(self.voltage_kv)
+
+
+#: The defaults of :class:`CTFParams` (what :meth:`CTFParams.from_row` falls back to).
+_DEFAULTS = CTFParams(0.0, 0.0, 0.0)
 
 
 def frequency_grid(

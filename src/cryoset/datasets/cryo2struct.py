@@ -211,3 +211,197 @@ def crosscheck(theirs: Cryo2StructEntry, ours: Cryo2StructEntry) -> dict[str, An
         "density_max_abs_diff": float(np.max(np.abs(da - db))) if da.size else 0.0,
         "labels": table.to_dict(orient="records"),
     }
+
+
+# ------------------------------------------------------------------ published sub-grid files
+#: The published grid division: 32³ boxes, 20³ cores (6 voxels of margin on each face).
+NPZ_BOX = 32
+NPZ_OVERLAP = 6
+
+
+def published_box_order(shape: tuple[int, ...], box: int = NPZ_BOX, overlap: int = NPZ_OVERLAP) -> NDArray[np.int64]:
+    """Our (z-major, :func:`cryoset.maps.subgrids.split`) box number of each published box.
+
+    The published division (``grid_division.py``) uses the same boxes — start ``q·20 − 6``
+    along each array axis, ``ceil(n / 20)`` per axis — but numbers them with array axis 0
+    fastest and axis 2 slowest; ours numbers them axis 2 fastest. ``order[i]`` is our index of
+    their box ``i`` (file ``<EMD>_<i>.npz``).
+    """
+    from cryoset.maps.subgrids import box_grid
+
+    g = box_grid(shape, box, overlap)
+    ours = np.arange(g[0] * g[1] * g[2], dtype=np.int64).reshape(g)
+    return np.ascontiguousarray(ours.transpose(2, 1, 0)).reshape(-1)
+
+
+def write_npz_subgrids(out_dir: str | os.PathLike[str], stem: str, density: NDArray[Any],
+                       labels: Mapping[str, NDArray[Any]] | None = None) -> list[Path]:
+    """Write ``OUT/<stem>_<i>.npz`` per sub-grid in the published box order.
+
+    Keys: ``protein_grid`` (the density, float32) and, when given in ``labels`` under our
+    names ``backbone`` / ``amino``, ``atom_grid`` / ``amino_grid`` (float32, integral values,
+    as the published label MRC files hold them). Each file is written atomically.
+    """
+    from cryoset.io.atomic import atomic_path
+    from cryoset.maps.subgrids import split
+
+    vol = np.asarray(density, dtype=np.float32)
+    arrays = {"protein_grid": split(vol, NPZ_BOX, NPZ_OVERLAP)[0]}
+    ours_to_key = {v: k for k, v in NPZ_KEYS.items()}
+    for name, lab in (labels or {}).items():
+        if name not in ours_to_key or name == "density":
+            raise InputError(name, f"is not a sub-grid label the published files hold ({', '.join(NPZ_KEYS.values())})")
+        if np.shape(lab) != vol.shape:
+            raise InputError(name, f"shape {np.shape(lab)} differs from the density's {vol.shape}")
+        arrays[ours_to_key[name]] = split(np.asarray(lab, dtype=np.float32), NPZ_BOX, NPZ_OVERLAP)[0]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, j in enumerate(published_box_order(vol.shape).tolist()):
+        target = out / f"{stem}_{i}.npz"
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{k: a[j] for k, a in arrays.items()})
+        written.append(target)
+    return written
+
+
+def _box_number(path: Path) -> int:
+    m = re.search(r"_(\d+)\.npz$", path.name)
+    if m is None:
+        raise InputError(path, "is not named <stem>_<i>.npz (the published sub-grid naming)")
+    return int(m.group(1))
+
+
+def read_npz_subgrid_files(paths: list[Path] | str | os.PathLike[str], shape: tuple[int, ...]
+                           ) -> dict[str, NDArray[Any]]:
+    """Published ``<stem>_<i>.npz`` files of one map (a list, or a directory) as our arrays
+    ``{density, backbone, amino}`` ``(n, 32, 32, 32)`` in our box order, ready for
+    :func:`cryoset.maps.subgrids.stitch` with the map ``shape``. Every box must be present."""
+    files = sorted(Path(paths).glob("*.npz")) if not isinstance(paths, list) else list(paths)
+    if not files:
+        raise InputError(str(paths), "holds no .npz sub-grid file")
+    order = published_box_order(shape)
+    numbered = {_box_number(f): f for f in files}
+    missing = sorted(set(range(order.size)) - set(numbered))
+    if missing or len(numbered) != order.size:
+        raise InputError(files[0].parent, f"{len(numbered)} sub-grid files for the {order.size} boxes of a "
+                         f"{'×'.join(map(str, shape))} map (first missing: {missing[0] if missing else 'none'})")
+    out: dict[str, NDArray[Any]] = {}
+    for i, f in sorted(numbered.items()):
+        arrays = read_npz_subgrids(f)
+        for name, a in arrays.items():
+            if a.shape[0] != 1 or a.shape[1:] != (NPZ_BOX,) * 3:
+                raise InputError(f, f"holds {a.shape}, not one {NPZ_BOX}³ sub-grid")
+            if name not in out:
+                out[name] = np.empty((order.size, NPZ_BOX, NPZ_BOX, NPZ_BOX), dtype=a.dtype)
+            out[name][order[i]] = a[0]
+    return out
+
+
+# ------------------------------------------------------------------ sequences per entry
+@dataclass
+class EntrySequences:
+    """The sequence files of one entry, as the release ships them.
+
+    ``deposited``: the records of the RCSB FASTA (``<pdb>.fasta``; header → sequence);
+    ``combined``: all chains of it joined (``<pdb>_all_chain_combined.fasta``, one line);
+    ``atomic``: the sequence of the modelled residues (``atomic.fasta``, one line);
+    ``alignment``: the Clustal Omega alignment ``{"original": …, "atom": …}`` with gaps
+    (``dealign_clustal_output.fasta``), or None.
+    """
+
+    deposited: dict[str, str]
+    combined: str | None
+    atomic: str | None
+    alignment: dict[str, str] | None
+
+
+def _fasta_records(text: str) -> dict[str, str]:
+    records: dict[str, list[str]] = {}
+    header = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(">"):
+            header = line[1:].strip()
+            records[header] = []
+        elif line and header is not None:
+            records[header].append(line)
+    return {h: "".join(parts) for h, parts in records.items()}
+
+
+def _first_line(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith(">")]
+    return lines[0] if lines else None
+
+
+def read_entry_sequences(path: str | os.PathLike[str]) -> EntrySequences:
+    """The deposited FASTA, the combined and atomic sequences and their alignment of one entry."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(root, "is not a directory")
+    derived = ("_all_chain_combined.fasta", "atomic.fasta", "dealign_clustal_input.fasta",
+               "dealign_clustal_output.fasta")
+    deposited: dict[str, str] = {}
+    for f in sorted(root.glob("*.fasta")):
+        if not f.name.endswith(derived):
+            deposited.update(_fasta_records(f.read_text()))
+    combined_files = sorted(root.glob("*_all_chain_combined.fasta"))
+    combined = _first_line(combined_files[0]) if combined_files else None
+    atomic = _first_line(root / "atomic.fasta")
+    alignment = None
+    if (root / "dealign_clustal_output.fasta").is_file():
+        alignment = _fasta_records((root / "dealign_clustal_output.fasta").read_text())
+        if set(alignment) != {"original", "atom"} or len({len(s) for s in alignment.values()}) != 1:
+            raise InputError(root / "dealign_clustal_output.fasta",
+                             "is not a two-sequence alignment named original and atom of equal length")
+    return EntrySequences(deposited, combined, atomic, alignment)
+
+
+def subsequence_alignment(original: str, atomic: str) -> dict[str, str]:
+    """The gapped alignment of a modelled sequence that is a subsequence of the original
+    (disordered residues not modelled): ``atom`` carries ``-`` where a residue is missing.
+    InputError when ``atomic`` is not a subsequence (pass a real alignment then)."""
+    out = []
+    pos = 0
+    for ch in original:
+        if pos < len(atomic) and atomic[pos] == ch:
+            out.append(ch)
+            pos += 1
+        else:
+            out.append("-")
+    if pos != len(atomic):
+        raise InputError("atomic", "is not a subsequence of the original sequence: give the alignment")
+    return {"original": original, "atom": "".join(out)}
+
+
+def write_entry_sequences(path: str | os.PathLike[str], pdb_id: str, deposited: Mapping[str, str],
+                          atomic: str, alignment: Mapping[str, str] | None = None) -> list[Path]:
+    """Write the sequence files of one entry as the release names them: ``<pdb>.fasta``,
+    ``<pdb>_all_chain_combined.fasta``, ``atomic.fasta``, ``dealign_clustal_input.fasta`` and
+    ``dealign_clustal_output.fasta`` (FASTA, 60 residues a line, as Clustal Omega writes).
+    ``alignment`` defaults to :func:`subsequence_alignment`."""
+    from cryoset.io.atomic import write_text_atomic
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    pdb = pdb_id.lower()
+    combined = "".join(deposited.values())
+    aln = dict(alignment) if alignment is not None else subsequence_alignment(combined, atomic)
+
+    def wrap(seq: str) -> str:
+        return "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60))
+
+    files = {
+        f"{pdb}.fasta": "".join(f">{h}\n{s}\n" for h, s in deposited.items()),
+        f"{pdb}_all_chain_combined.fasta": combined + "\n",
+        "atomic.fasta": atomic + "\n",
+        "dealign_clustal_input.fasta": f">original\n{combined}\n\n>atom\n{atomic}\n",
+        "dealign_clustal_output.fasta": f">original\n{wrap(aln['original'])}\n>atom\n{wrap(aln['atom'])}\n",
+    }
+    written = []
+    for name, text in files.items():
+        write_text_atomic(root / name, text)
+        written.append(root / name)
+    return written

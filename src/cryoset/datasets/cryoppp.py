@@ -242,9 +242,11 @@ def write_cryoppp(entry: CryopppEntry, out_dir: str | os.PathLike[str]) -> Path:
         for mic, rows in entry.particles.groupby(S.MICROGRAPH, sort=True):
             shape = entry.coordinate_shape(str(mic))
             write_cryovirusdb(gt / "particle_coordinates" / f"{mic}.csv", rows, micrograph_shape=shape,
-                              variant=variant if variant in ("per_micrograph", "particles") else None)  # type: ignore[arg-type]
+                              variant=variant if variant in ("per_micrograph", "particles", "collective") else None)  # type: ignore[arg-type]
     name = entry.root.name
-    for table, rel, kind in ((entry.selected, f"{name}_particles_selected.csv", "particles"),
+    # CryoVirusDB's selected file is the collective CSV (Particles Filename, no Diameter): kept so
+    selected_kind = "collective" if entry.variants.get("selected") == "collective" else "particles"
+    for table, rel, kind in ((entry.selected, f"{name}_particles_selected.csv", selected_kind),
                              (entry.false_positives, f"false_positives/{name}_false_positives.csv",
                               "false_positives")):
         if table is None:

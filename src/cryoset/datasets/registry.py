@@ -2,17 +2,24 @@
 
 Four entries (``cryoset datasets list``):
 
-* ``cryovirusdb`` — CryoVirusDB (Dhakal et al.), Zenodo record 10397742, one archive per
-  EMPIAR id in the CryoPPP layout.
+* ``cryovirusdb`` — CryoVirusDB (Dhakal et al.). Per the authors' README: the virus-particle
+  labels (ground truth) are Zenodo record 10397742; the micrographs come from EMPIAR (their
+  download script) or, as whole entries (``<EMPIAR>.tar.gz``: micrographs, particle stacks,
+  ground truth), from the authors' own server ``https://calla.rnet.missouri.edu/CryoVirusDB/``
+  (and ``…/CryoVirusDB_Lite/``: 8-bit JPG micrographs, 76 GB). That server is a plain HTTP
+  directory index (no API): ``--record https://…/`` lists it and downloads with size checks.
 * ``cryoppp`` — CryoPPP (same layout, 34 EMPIAR sets). The papers we have give **no**
   record id: pass ``--record`` (Zenodo record id or a Dataverse DOI) and, if needed,
   ``--base-url``.
 * ``cryo2structdata`` — Cryo2StructData on Harvard Dataverse: full (FCDG0W), small
   subsample (CGUENL), test set (2GSSC9), metadata (JMN60H), trained models and splits
   (SXNYRE full, DTV4JF small), all ``doi:10.7910/DVN/…``.
-* ``cryopanda`` — cryoPANDA, per-experiment ``<EMPIAR>_particles.h5``. Neither the host nor
-  a record id is given in the paper summary we have: ``--record`` (and ``--base-url`` for a
-  host other than zenodo.org / dataverse.harvard.edu) are required.
+* ``cryopanda`` — cryoPANDA, per-experiment ``<EXPERIMENT>_particles.h5``; deposited at
+  Science Data Bank, doi:10.57760/sciencedb.27164 (the authors' README: ``metadata.zip`` with
+  the annotation tables and pretrained DINOv2 weights, and the particle files zipped in
+  sub-folders). Science Data Bank's documented open API covers search and metadata, not a
+  file listing we could verify, so it has no download client here: fetch the files from the
+  DOI landing page, or pass ``--record`` for a Zenodo / Dataverse / directory-index copy.
 
 Host APIs used (documented, public, no token):
 
@@ -53,12 +60,21 @@ from cryoset.errors import InputError
 from cryoset.io.atomic import write_text_atomic
 from cryoset.provenance import make_provenance, write_provenance
 
-Host = Literal["zenodo", "dataverse"]
+Host = Literal["zenodo", "dataverse", "sciencedb", "listing"]
 Layout = Literal["cryoppp", "cryo2struct", "cryopanda"]
 
 ZENODO_URL = "https://zenodo.org"
 DATAVERSE_URL = "https://dataverse.harvard.edu"
-DEFAULT_BASE_URLS: dict[str, str] = {"zenodo": ZENODO_URL, "dataverse": DATAVERSE_URL}
+SCIENCEDB_URL = "https://www.scidb.cn"
+CRYOVIRUSDB_SERVER = "https://calla.rnet.missouri.edu/CryoVirusDB/"
+DEFAULT_BASE_URLS: dict[str, str] = {"zenodo": ZENODO_URL, "dataverse": DATAVERSE_URL, "sciencedb": SCIENCEDB_URL}
+#: Hosts without a download client here, and why.
+NO_CLIENT: dict[str, str] = {
+    "sciencedb": "Science Data Bank's documented open API (https://www.scidb.cn/open-api/v2) covers search "
+                 "and metadata, not a file listing with checksums; download the files from the DOI's landing "
+                 "page and run `cryoset datasets import`, or pass --record for a Zenodo / Dataverse copy or a "
+                 "directory index (https://…/)",
+}
 #: Hosts a Dataverse file download may be redirected to (https only): installations with
 #: S3 storage answer ``/api/access/datafile/{id}`` with a redirect to a signed S3 URL.
 DATAVERSE_STORAGE_HOSTS: tuple[str, ...] = ("*.s3.amazonaws.com", "s3.amazonaws.com")
@@ -75,17 +91,21 @@ class Source:
     subset
         Name used by ``--subset`` (for datasets whose subsets are records).
     host
-        ``"zenodo"`` or ``"dataverse"``; None when unknown.
+        ``"zenodo"``, ``"dataverse"``, ``"sciencedb"`` (no client: :data:`NO_CLIENT`) or
+        ``"listing"`` (an HTTP directory index); None when unknown.
     identifier
-        Zenodo record id or Dataverse DOI (``doi:10.7910/DVN/…``); None when unknown.
+        Zenodo record id, DOI (``doi:…``) or the index URL; None when unknown.
     description
         What the record holds.
+    default
+        Listed by a download that names no record (False: only with ``--record``).
     """
 
     subset: str
     host: Host | None
     identifier: str | None
     description: str
+    default: bool = True
 
 
 @dataclass(frozen=True)
@@ -136,11 +156,23 @@ def registry() -> dict[str, DatasetSpec]:
             name="cryovirusdb",
             title="CryoVirusDB: annotated cryo-EM micrographs of 9 virus datasets",
             layout="cryoppp",
-            sources=(Source("all", "zenodo", "10397742", "one archive per EMPIAR id (9 virus sets, 634 GB)"),),
+            sources=(
+                Source("all", "zenodo", "10397742", "the virus-particle labels (ground-truth coordinates) per "
+                       "EMPIAR id; per the authors' README the micrographs are not in it"),
+                Source("server", "listing", CRYOVIRUSDB_SERVER, "the authors' server: whole entries "
+                       "<EMPIAR>.tar.gz (micrographs, particle stacks, ground truth; 634 GB in all); no API, a "
+                       "directory index", default=False),
+                Source("lite", "listing", CRYOVIRUSDB_SERVER.rstrip("/") + "_Lite/", "CryoVirusDB_Lite on the "
+                       "authors' server: 8-bit JPG micrographs + coordinates, 76 GB", default=False),
+            ),
             select_by="empiar",
-            reference="Dhakal, Gyawali, Wang & Cheng, CryoVirusDB; Zenodo https://zenodo.org/records/10397742",
+            reference="Dhakal, Gyawali, Wang & Cheng, CryoVirusDB; Zenodo https://zenodo.org/records/10397742; "
+                      "README https://github.com/BioinfoMachineLearning/CryoVirusDB",
+            not_known="which files the Zenodo record holds beyond the labels (read from its listing), and the "
+                      "checksums of the authors' server files (it publishes none: sizes are checked).",
             notes="--subset EMPIAR id selects the archive(s) whose name holds that id; the ids are read "
-                  "from the record listing.",
+                  "from the record listing. The micrographs: EMPIAR (motion-corrected) or the authors' server "
+                  "(--record " + CRYOVIRUSDB_SERVER + ").",
         ),
         DatasetSpec(
             name="cryoppp",
@@ -177,12 +209,15 @@ def registry() -> dict[str, DatasetSpec]:
             name="cryopanda",
             title="cryoPANDA: 37.6 M annotated particles from 252 EMPIAR experiments",
             layout="cryopanda",
-            sources=(Source("all", None, None, "one <EMPIAR>_particles.h5 per experiment"),),
+            sources=(Source("all", "sciencedb", "doi:10.57760/sciencedb.27164",
+                            "Science Data Bank: metadata.zip (annotation tables, probe sets, pretrained DINOv2 "
+                            "weights) and the <EXPERIMENT>_particles.h5 files, zipped in sub-folders"),),
             select_by="empiar",
-            reference="cryoPANDA (bioRxiv preprint); code on GitHub (azamanos/cryoPANDA…, name truncated in our copy)",
-            not_known="the host and the record id: the paper summary we have names neither. Pass --record "
-                      "(a Zenodo record id, or doi:… for a Dataverse dataset) and --base-url unless the host "
-                      "is zenodo.org or dataverse.harvard.edu.",
+            reference="cryoPANDA (bioRxiv preprint); https://github.com/azamanos/cryoPANDA; data "
+                      "https://doi.org/10.57760/sciencedb.27164",
+            not_known="the file listing of the Science Data Bank record: its documented open API has none we "
+                      "could verify, so there is no download client for it. Pass --record (a Zenodo record id, "
+                      "doi:… for a Dataverse dataset, or https://… for a directory index) for another copy.",
             notes="--subset EMPIAR id selects <EMPIAR>_particles.h5.",
         ),
     ]
@@ -201,13 +236,16 @@ def get_spec(name: str) -> DatasetSpec:
 def parse_record(record: str) -> tuple[Host, str]:
     """Host and identifier of a ``--record`` value: digits → Zenodo, ``doi:…``/``10.…`` → Dataverse."""
     text = record.strip()
+    if text.lower().startswith(("https://", "http://")):
+        return "listing", text if text.endswith("/") else text + "/"
     if text.isdigit():
         return "zenodo", text
     if text.lower().startswith("doi:"):
         return "dataverse", "doi:" + text[4:]
     if text.startswith("10.") and "/" in text:
         return "dataverse", "doi:" + text
-    raise InputError("--record", f"{record!r} is neither a Zenodo record id (digits) nor a DOI (doi:10.…)")
+    raise InputError("--record", f"{record!r} is neither a Zenodo record id (digits), a DOI (doi:10.…) nor a "
+                     "directory index URL (https://…/)")
 
 
 def empiar_number(subset: str) -> str:
@@ -232,11 +270,17 @@ def resolve_sources(spec: DatasetSpec, *, subsets: Sequence[str] = (), record: s
                              f"(subsets: {', '.join(by_name)})")
         sources = [by_name[s] for s in subsets]
     else:
-        sources = list(spec.sources)
+        sources = [s for s in spec.sources if s.default]
     out: list[tuple[Source, str]] = []
     for src in sources:
         if src.host is None or src.identifier is None:
             raise InputError(spec.name, f"no record is known: {spec.not_known}")
+        if src.host in NO_CLIENT:
+            raise InputError(spec.name, f"its files are at {src.identifier} ({src.description}); "
+                             f"{NO_CLIENT[src.host]}")
+        if src.host == "listing":  # the index URL is the record; --base-url does not apply
+            out.append((src, src.identifier))
+            continue
         url = (base_url or DEFAULT_BASE_URLS[src.host]).rstrip("/")
         out.append((src, url))
     return out
@@ -295,6 +339,15 @@ def dataverse_files(answer: Any, base_url: str, source: str, where: str) -> list
     return out
 
 
+def listing_files(index: bytes, url: str, source: str) -> list[RemoteFile]:
+    """Files (not sub-directories) of an HTTP directory index at ``url``: no size or checksum is
+    listed, so a download is checked against the server's ``Content-Length`` only."""
+    from cryoset.archives.download import listing_names
+
+    return [RemoteFile(str(name), urllib.parse.urljoin(url, urllib.parse.quote(str(name))), None, None, source)
+            for name, is_dir in listing_names(index, source=url) if not is_dir]
+
+
 def list_remote_files(spec: DatasetSpec, client: HttpClient, *, subsets: Sequence[str] = (),
                       record: str | None = None, base_url: str | None = None,
                       match: str | None = None) -> list[RemoteFile]:
@@ -308,7 +361,11 @@ def list_remote_files(spec: DatasetSpec, client: HttpClient, *, subsets: Sequenc
     files: list[RemoteFile] = []
     for src, url in resolve_sources(spec, subsets=subsets, record=record, base_url=base_url):
         ident = str(src.identifier)  # never None after resolve_sources
-        if src.host == "zenodo":
+        if src.host == "listing":
+            cache = f"{spec.name}/listing-{re.sub(r'[^A-Za-z0-9]+', '_', ident)}.html"
+            index = client.get_bytes(ident, cache_name=cache)  # cached: --offline works after one run
+            files += listing_files(index, ident, src.subset)
+        elif src.host == "zenodo":
             api = f"{url}/api/records/{ident}"
             cache = f"{spec.name}/zenodo-{ident}.json"
             answer = client.get_json_cached(api, cache) if client.offline else client.get_json(api, cache_name=cache)

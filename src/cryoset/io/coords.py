@@ -43,7 +43,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ import pandas as pd
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
 from cryoset.io.cryosparc import read_cs, write_cs
+from cryoset.io.provenance import write_provenance
+from cryoset.io.relion_labels import COORDINATE_STAR_TO_CANONICAL
 from cryoset.io.schema import (
     CLASS_NUMBER,
     CTF_BFACTOR_A2,
@@ -75,10 +78,6 @@ from cryoset.io.schema import (
     validate_picks,
 )
 from cryoset.io.star import LOOP_ATTR, read_star, write_star
-from cryoset.provenance import write_provenance
-
-#: Every format name accepted by :func:`read_coords` / :func:`write_coords`.
-FORMATS: tuple[str, ...] = ("star", "box", "csv", "cryoppp", "topaz", "cbox", "cs")
 
 #: Extra column (not canonical) holding the box edge of box-based formats, in pixels.
 BOX_SIZE_PX = "box_size_px"
@@ -97,16 +96,7 @@ EDGE_TOLERANCE_PX = 0.5
 _SENTINELS = (-999.0, -9999.0)
 _SENTINEL_OUT = -999.0
 
-_STAR_TO_CANON = {
-    "rlnCoordinateX": X_PX,
-    "rlnCoordinateY": Y_PX,
-    "rlnAutopickFigureOfMerit": SCORE,
-    "rlnClassNumber": CLASS_NUMBER,
-    "rlnAnglePsi": PSI_DEG,
-    "rlnAngleRot": ROT_DEG,
-    "rlnAngleTilt": TILT_DEG,
-    "rlnOpticsGroup": OPTICS_GROUP,
-}
+_STAR_TO_CANON = COORDINATE_STAR_TO_CANONICAL
 _CANON_TO_STAR = {v: k for k, v in _STAR_TO_CANON.items()}
 
 _CRYOPPP_X = "X-Coordinate"
@@ -244,7 +234,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     tokens = first.split()
     if len(tokens) in (4, 5) and all(_is_number(t) for t in tokens):
         return "box"
-    raise InputError(p, "unknown coordinate format (give fmt= one of " + ", ".join(FORMATS) + ")")
+    raise InputError(p, "unknown coordinate format (give the format explicitly, one of " + ", ".join(FORMATS) + ")")
 
 
 def _is_number(token: str) -> bool:
@@ -725,27 +715,16 @@ def read_coords(
     if not p.exists():
         raise InputError(p, "no such file")
     kind = detect_format(p) if fmt is None else fmt.lower()
-    if kind not in FORMATS:
+    spec = COORDINATE_FORMATS.get(kind)
+    if spec is None:
         raise InputError(p, f"unknown coordinate format {fmt!r}; one of {', '.join(FORMATS)}")
-    if kind not in ("cs", "box", "cbox") and not _head(p, 4096).strip():
+    if not spec.empty_ok and not _head(p, 4096).strip():
         raise InputError(p, "is empty: no coordinates")
     shape = _check_shape(micrograph_shape) if micrograph_shape is not None else None
-    do_flip = (kind == "cryoppp") if flip_y is None else bool(flip_y)
-    if kind == "star":
-        df = _read_star(p, micrograph, permissive)
-    elif kind == "box":
-        df = _read_box(p, micrograph, box_size_px, permissive)
-    elif kind == "csv":
-        df = _read_project_csv(p, micrograph)
-    elif kind == "cryoppp":
-        df = _read_cryoppp(p, micrograph, shape, do_flip)
+    do_flip = spec.flips_y if flip_y is None else bool(flip_y)
+    df = spec.read(p, ReadOptions(micrograph, shape, box_size_px, do_flip, permissive))
+    if spec.flips_y:
         do_flip = False  # done inside: the file's own flip
-    elif kind == "topaz":
-        df = _read_topaz(p, micrograph, permissive)
-    elif kind == "cbox":
-        df = _read_cbox(p, micrograph, permissive)
-    else:
-        df = _read_cs(p, micrograph, permissive)
     if do_flip:
         if shape is None:
             raise InputError(p, "is y-flipped: reading it needs the micrograph shape (--micrograph-shape-px NY NX)")
@@ -958,13 +937,132 @@ def _cs_array(path: Path, picks: pd.DataFrame, shape: Shape | None) -> np.ndarra
     return arr
 
 
+# --------------------------------------------------------------------------------------
+# the registry: one entry per format
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What :func:`read_coords` hands a format's reader (see its parameters)."""
+
+    micrograph: str | None
+    shape: Shape | None
+    box_size_px: float | None
+    flip_y: bool
+    permissive: bool
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What :func:`write_coords` hands a format's writer (see its parameters)."""
+
+    shape: Shape | None
+    box_size_px: float | None
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class CoordinateFormat:
+    """One coordinate format: its name, file suffixes, reader and writer.
+
+    Attributes
+    ----------
+    name
+        The ``fmt`` name.
+    suffixes
+        File suffixes (lower case); the first is the one written by ``cryoset pick``.
+    read
+        ``read(path, options) -> picks table`` (before the y flip, bounds and validation
+        that :func:`read_coords` applies to every format).
+    write
+        ``write(path, validated picks, options)``, atomically.
+    implied_by_suffix
+        Whether :func:`write_coords` picks this format from the suffix alone.
+    flips_y
+        The file's y axis is flipped; the reader undoes it when ``options.flip_y``.
+    empty_ok
+        An empty file is a valid file without picks (pickers write them).
+    embeds_provenance
+        Provenance goes into the file (STAR comment) instead of a sidecar.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, ReadOptions], pd.DataFrame]
+    write: Callable[[Path, pd.DataFrame, WriteOptions], object]
+    implied_by_suffix: bool = True
+    flips_y: bool = False
+    empty_ok: bool = False
+    embeds_provenance: bool = False
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+#: Every coordinate format, by name. A new format is one entry here plus its reader/writer.
+COORDINATE_FORMATS: dict[str, CoordinateFormat] = {
+    f.name: f
+    for f in (
+        CoordinateFormat(
+            "star", (".star",),
+            lambda p, o: _read_star(p, o.micrograph, o.permissive),
+            lambda p, t, o: write_star(p, _star_blocks(t), comment=o.comment),
+            embeds_provenance=True,
+        ),
+        CoordinateFormat(
+            "box", (".box",),
+            lambda p, o: _read_box(p, o.micrograph, o.box_size_px, o.permissive),
+            lambda p, t, o: _write_text(p, _format_box(p, t, o.box_size_px)),
+            empty_ok=True,
+        ),
+        CoordinateFormat(
+            "csv", (".csv",),
+            lambda p, o: _read_project_csv(p, o.micrograph),
+            lambda p, t, o: _write_text(p, _format_project_csv(t)),
+        ),
+        CoordinateFormat(
+            "cryoppp", (".csv",),
+            lambda p, o: _read_cryoppp(p, o.micrograph, o.shape, o.flip_y),
+            lambda p, t, o: _write_text(p, _format_cryoppp(p, t, o.shape)),
+            implied_by_suffix=False, flips_y=True,
+        ),
+        CoordinateFormat(
+            "topaz", (".txt", ".tsv"),
+            lambda p, o: _read_topaz(p, o.micrograph, o.permissive),
+            lambda p, t, o: _write_text(p, _format_topaz(t)),
+        ),
+        CoordinateFormat(
+            "cbox", (".cbox",),
+            lambda p, o: _read_cbox(p, o.micrograph, o.permissive),
+            lambda p, t, o: write_star(p, _cbox_blocks(p, t, o.box_size_px), comment=o.comment),
+            empty_ok=True, embeds_provenance=True,
+        ),
+        CoordinateFormat(
+            "cs", (".cs",),
+            lambda p, o: _read_cs(p, o.micrograph, o.permissive),
+            lambda p, t, o: write_cs(p, _cs_array(p, t, o.shape)),
+            empty_ok=True,
+        ),
+    )
+}  # fmt: skip
+
+#: Every format name accepted by :func:`read_coords` / :func:`write_coords`.
+FORMATS: tuple[str, ...] = tuple(COORDINATE_FORMATS)
+
+#: Every suffix of a coordinate file, in registry order.
+COORDINATE_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(s for f in COORDINATE_FORMATS.values() for s in f.suffixes))
+
+
 def _format_for_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
-    mapping = {".star": "star", ".box": "box", ".csv": "csv", ".cbox": "cbox", ".cs": "cs",
-               ".txt": "topaz", ".tsv": "topaz"}
-    if suffix not in mapping:
-        raise InputError(path, f"cannot tell the coordinate format from suffix {suffix!r}; give fmt=")
-    return mapping[suffix]
+    for spec in COORDINATE_FORMATS.values():
+        if spec.implied_by_suffix and suffix in spec.suffixes:
+            return spec.name
+    raise InputError(path, f"cannot tell the coordinate format from suffix {suffix!r}; give the format explicitly "
+                      f"(one of {', '.join(COORDINATE_FORMATS)})")
 
 
 def write_coords(
@@ -1012,7 +1110,8 @@ def write_coords(
     """
     out = Path(path)
     kind = _format_for_suffix(out) if fmt is None else fmt.lower()
-    if kind not in FORMATS:
+    spec = COORDINATE_FORMATS.get(kind)
+    if spec is None:
         raise InputError(out, f"unknown coordinate format {fmt!r}; one of {', '.join(FORMATS)}")
     table = validate_picks(picks, out)
     shape = _check_shape(micrograph_shape) if micrograph_shape is not None else None
@@ -1027,23 +1126,9 @@ def write_coords(
     comment = None
     if provenance is not None:
         comment = "cryoset provenance: " + json.dumps(dict(provenance), sort_keys=True, default=str)
-    if kind in ("star", "cbox"):
-        blocks = _star_blocks(table) if kind == "star" else _cbox_blocks(out, table, box_size_px)
-        write_star(out, blocks, comment=comment)
+    spec.write(out, table, WriteOptions(shape, box_size_px, comment if spec.embeds_provenance else None))
+    if spec.embeds_provenance:
         return out
-    if kind == "cs":
-        write_cs(out, _cs_array(out, table, shape))
-    else:
-        if kind == "box":
-            text = _format_box(out, table, box_size_px)
-        elif kind == "topaz":
-            text = _format_topaz(table)
-        elif kind == "csv":
-            text = _format_project_csv(table)
-        else:
-            text = _format_cryoppp(out, table, shape)
-        with atomic_path(out) as tmp:
-            tmp.write_text(text, encoding="utf-8")
     if provenance is not None:
         write_provenance(out, provenance)
     return out

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -79,14 +80,23 @@ PER_MICROGRAPH_CSV_COLUMNS: tuple[str, ...] = tuple(
 )
 #: Extra column of a false-positive CSV.
 REASON = "Reason"
+#: First column of CryoVirusDB's collective particles CSV: the particle stack's file name.
+PARTICLES_FILENAME = "Particles Filename"
+#: The collective particles CSV as CryoVirusDB publishes it (its ``convert_start_to_csv_file``
+#: script): the particle stack and micrograph names, then the 12 columns the paper lists, no
+#: ``Diameter`` (``write_cryovirusdb(..., variant="collective", diameter=True)`` adds it after
+#: ``Y-Coordinate``).
+COLLECTIVE_CSV_COLUMNS: tuple[str, ...] = (PARTICLES_FILENAME, *(c for c in CSV_TO_CANONICAL if c != "Diameter"))
 
-Variant = Literal["particles", "false_positives", "per_micrograph"]
+Variant = Literal["particles", "false_positives", "per_micrograph", "collective"]
 
 
 def detect_variant(columns: list[str]) -> Variant:
     """Which CryoVirusDB CSV variant a header is (``REASON`` → false positives, no file name → per micrograph)."""
     if REASON in columns:
         return "false_positives"
+    if PARTICLES_FILENAME in columns and "Micrographs Filename" in columns and "Diameter" not in columns:
+        return "collective"
     if "Micrographs Filename" in columns:
         return "particles"
     return "per_micrograph"
@@ -99,6 +109,7 @@ def read_cryovirusdb(
     micrograph_shape: tuple[int, int] | None = None,
     flip_y: bool = True,
     permissive: bool = False,
+    micrograph_heights: Mapping[str, float] | Callable[[str], float] | None = None,
 ) -> pd.DataFrame:
     """Read a CryoVirusDB / CryoPPP particle CSV as a canonical particle table.
 
@@ -116,6 +127,10 @@ def read_cryovirusdb(
     permissive
         When True, rows whose coordinates are not numbers are dropped instead of raising
         (only without a flip).
+    micrograph_heights
+        Height ``ny`` (pixels) of each micrograph, by ``micrograph`` value (a mapping or a
+        function): undo the flip per
+        micrograph (instead of one ``micrograph_shape``); unknown micrographs get NaN ``y_px``.
 
     Returns
     -------
@@ -169,7 +184,7 @@ def read_cryovirusdb(
                     p, f"line {row}: {column} value {values[bad].iloc[0]!r} is not a number"
                 )
         out[target] = numbers.to_numpy(dtype=np.float64)
-    if flip_y:
+    if flip_y and micrograph_heights is None:
         from cryoset.io.coords import read_coords
 
         picks = read_coords(p, fmt="cryoppp", micrograph_shape=micrograph_shape, flip_y=True)
@@ -183,8 +198,19 @@ def read_cryovirusdb(
     if S.DIAMETER_PX not in out.columns:
         out[S.DIAMETER_PX] = np.nan
     table = S.canonical_first(S.validate_particles(S.validate_picks(out, p), p))
+    if flip_y and micrograph_heights is not None:
+        table[S.Y_PX] = _per_micrograph_flip(table, micrograph_heights)
     table.attrs["cryovirusdb_variant"] = variant
     return table
+
+
+def _per_micrograph_flip(
+    table: pd.DataFrame, heights: Mapping[str, float] | Callable[[str], float]
+) -> np.ndarray:
+    """``(ny - 1) - y`` with ``ny`` looked up per row by micrograph (NaN when unknown); self-inverse."""
+    lookup = heights if callable(heights) else (lambda m: heights.get(m, np.nan))
+    ny = table[S.MICROGRAPH].astype(str).map(lookup)
+    return (ny.to_numpy(np.float64) - 1) - table[S.Y_PX].to_numpy(np.float64)
 
 
 #: Columns CryoPPP writes as whole numbers when they are whole.
@@ -212,6 +238,8 @@ def write_cryovirusdb(
     micrograph_shape: tuple[int, int] | None = None,
     flip_y: bool = True,
     variant: Variant | None = None,
+    micrograph_heights: Mapping[str, float] | Callable[[str], float] | None = None,
+    diameter: bool = False,
 ) -> Path:
     """Write a canonical particle table as a CryoVirusDB CSV, atomically.
 
@@ -226,14 +254,23 @@ def write_cryovirusdb(
         ``"particles"`` (14 columns), ``"false_positives"`` (14 + ``Reason``) or
         ``"per_micrograph"`` (11 columns). Default: ``"false_positives"`` when the table has
         a ``Reason`` column, else ``"particles"`` when it has ``micrograph``, else
-        ``"per_micrograph"``. Missing values are written as empty cells; other columns are
-        not written.
+        ``"per_micrograph"``. ``"collective"`` is CryoVirusDB's collective particles CSV
+        (:data:`COLLECTIVE_CSV_COLUMNS`: ``Particles Filename`` from that column, else the file
+        name of ``image_path``), as written after 2D classification (psi, origins, class).
+        Missing values are written as empty cells; other columns are not written.
+    diameter
+        ``"collective"`` only: add the ``Diameter`` column after ``Y-Coordinate`` (not published).
     micrograph_shape
         ``(ny, nx)``: needed to write the flipped y axis, ``Y = (ny - 1) - y_px`` (the
         inverse of the reader's flip, checked against :func:`cryoset.io.coords.read_coords`
         by the tests).
     flip_y
         Write the CryoPPP flipped frame (default); False writes ``y_px`` unchanged.
+    micrograph_heights
+        Height ``ny`` (pixels) of each micrograph, by the table's ``micrograph`` value (a
+        mapping or a function): the
+        flip of a table spanning micrographs of different sizes (instead of
+        ``micrograph_shape``); a micrograph missing from it gets NaN ``Y``.
 
     Returns
     -------
@@ -247,19 +284,30 @@ def write_cryovirusdb(
     if variant is None:
         variant = ("false_positives" if REASON in table.columns
                    else "particles" if S.MICROGRAPH in table.columns else "per_micrograph")
-    columns = list(PARTICLE_CSV_COLUMNS if variant != "per_micrograph" else PER_MICROGRAPH_CSV_COLUMNS)
+    if variant == "collective":
+        columns = list(COLLECTIVE_CSV_COLUMNS)
+        if diameter:
+            columns.insert(columns.index("Y-Coordinate") + 1, "Diameter")
+    else:
+        columns = list(PARTICLE_CSV_COLUMNS if variant != "per_micrograph" else PER_MICROGRAPH_CSV_COLUMNS)
     if variant == "false_positives":
         columns.append(REASON)
     if variant != "per_micrograph" and S.MICROGRAPH not in table.columns:
         raise InputError(out_path, f"table lacks micrograph needed for the {variant} variant")
     t = table.reset_index(drop=True).copy()
-    if flip_y:
+    if variant == "collective" and PARTICLES_FILENAME not in t.columns and S.IMAGE_PATH in t.columns:
+        t[PARTICLES_FILENAME] = [Path(str(v)).name for v in t[S.IMAGE_PATH]]
+    if flip_y and micrograph_heights is not None:
+        t[S.Y_PX] = _per_micrograph_flip(t, micrograph_heights)
+    elif flip_y:
         if micrograph_shape is None:
             raise InputError(
                 out_path, "CryoPPP CSV y is flipped: writing it needs the micrograph shape "
                 "(--micrograph-shape-px NY NX), or the canonical frame without the flip"
             )
         t[S.Y_PX] = (int(micrograph_shape[0]) - 1) - t[S.Y_PX].to_numpy(dtype=np.float64)
+    if flip_y:  # undo the read's (ny - 1) - Y to the decimals written (1e-9 px), e.g. 1814.2 not 1814.1999…
+        t[S.Y_PX] = np.round(t[S.Y_PX].to_numpy(dtype=np.float64), 9)
     frame = pd.DataFrame(index=t.index)
     for column in columns:
         source = CSV_TO_CANONICAL.get(column, column)
@@ -270,10 +318,30 @@ def write_cryovirusdb(
                 frame[column] = ""
             continue
         values = t[source]
-        if source in S.STRING_COLUMNS or column == REASON:
+        if source in S.STRING_COLUMNS or column in (REASON, PARTICLES_FILENAME):
             frame[column] = values.astype(str)
         else:
             frame[column] = _format_numbers(values, source in _WHOLE_COLUMNS)
     with atomic_path(out_path) as tmp:
         frame.to_csv(tmp, index=False)
     return out_path
+
+
+def weighted_class_resolution(classes: pd.DataFrame, n: int | None = None) -> float:
+    """CryoVirusDB's "Weighted Average Resolution of 2D classes (N=…)" (its Table 3).
+
+    The mean of the classes' resolutions weighted by their populations, over the ``n`` most
+    populated classes (all when None; CryoVirusDB reports N=50, all its classes, and N=10).
+    ``classes`` needs ``population`` and ``resolution_a`` (the 2D class summary); classes
+    without a finite resolution are left out. NaN when no class is left.
+    """
+    missing = [c for c in ("population", "resolution_a") if c not in classes.columns]
+    if missing:
+        raise InputError("classes", f"lack column(s) {', '.join(missing)}")
+    t = classes.sort_values("population", ascending=False, kind="stable")
+    if n is not None:
+        t = t.head(int(n))
+    res = t["resolution_a"].to_numpy(np.float64)
+    pop = t["population"].to_numpy(np.float64)
+    ok = np.isfinite(res) & (pop > 0)
+    return float(np.sum(res[ok] * pop[ok]) / np.sum(pop[ok])) if ok.any() else float("nan")

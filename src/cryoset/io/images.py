@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
-from cryoset.provenance import write_provenance
+from cryoset.io.provenance import write_provenance
 
 __all__ = ["ImageData", "read_image", "scale_to_uint8", "write_png"]
 
@@ -80,8 +80,8 @@ def _colour_to_gray(path: Path, arr: NDArray[Any], what: str, permissive: bool) 
     if not permissive:
         raise InputError(
             path,
-            f"the image is {what}, not grayscale; convert it to grayscale or read it with "
-            "permissive=True to convert to luminance",
+            f"the image is {what}, not grayscale; convert it to grayscale, or read it permissively to "
+            "convert it to luminance",
         )
     channels = arr.shape[-1]
     if channels in (2,):  # gray + alpha
@@ -149,7 +149,7 @@ def _read_pil(path: Path, pixel_size_a: float | None, permissive: bool) -> Image
                         raise InputError(
                             path,
                             "the image is palette (indexed) colour, not grayscale; convert it to "
-                            "grayscale or read it with permissive=True to convert to luminance",
+                            "grayscale, or read it permissively to convert it to luminance",
                         )
                     img_rgb = img.convert("RGBA" if "transparency" in img.info else "RGB")
                     arr = np.asarray(img_rgb)

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import mrcfile
 import numpy as np
@@ -38,16 +38,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
-from cryoset.provenance import write_provenance
-
-if TYPE_CHECKING:
-    from cryoset.io.images import ImageData
+from cryoset.io.provenance import write_provenance
 
 __all__ = [
     "MapData",
     "StackData",
     "read_header",
-    "read_image",
     "read_map",
     "read_stack",
     "require_pixel_size",
@@ -507,7 +503,8 @@ def read_map(
     elif min(vx) <= 0 or not all(np.isfinite(vx)):
         raise InputError(
             p,
-            f"the header voxel size {vx} (x, y, z) is 0 or invalid (unset); give it with voxel_size_a=",
+            f"the header voxel size {vx} (x, y, z) is 0 or invalid (unset); set it in the header or give "
+            "the voxel size explicitly (--voxel-size-a)",
         )
     raw = _load_raw(p, opened, mmap=False, permissive=permissive)
     data = np.ascontiguousarray(_to_zyx(raw, info), dtype=np.float32)
@@ -568,18 +565,6 @@ def read_stack(path: PathLike, *, permissive: bool = False, mmap: bool = True) -
     if pixel is not None and vx[1] > 0 and abs(vx[1] - vx[0]) > 1e-6 * vx[0]:
         info["warnings"].append(f"non-square pixels ({vx[0]} × {vx[1]} Å); pixel_size_a is the x size")
     return StackData(data=raw, pixel_size_a=pixel, header=info)
-
-
-def read_image(
-    path: PathLike, *, pixel_size_a: float | None = None, permissive: bool = False
-) -> ImageData:
-    """Read a micrograph (MRC, PNG, TIFF or JPEG) as float32 ``(y, x)``.
-
-    Re-export of :func:`cryoset.io.images.read_image` (see there).
-    """
-    from cryoset.io.images import read_image as _read_image
-
-    return _read_image(path, pixel_size_a=pixel_size_a, permissive=permissive)
 
 
 # --------------------------------------------------------------------------- writers

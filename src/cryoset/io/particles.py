@@ -46,6 +46,12 @@ from cryoset.errors import InputError
 from cryoset.geometry import euler_to_matrix, matrix_to_euler, matrix_to_rotvec, rotvec_to_matrix
 from cryoset.io import schema as S
 from cryoset.io.cryosparc import CS_DEFAULT_FIELDS, PHASE_FLIPPED_FIELD, read_cs, write_cs
+from cryoset.io.relion_labels import (
+    CANONICAL_TO_PARTICLE_STAR,
+    INTEGER_LABELS,
+    OPTICS_LABELS,
+    PARTICLE_STAR_TO_CANONICAL,
+)
 from cryoset.io.star import LOOP_ATTR, describe_blocks, read_star, write_star
 
 SourceFormat = Literal["star3.0", "star3.1", "cs", "cryovirusdb"]
@@ -79,55 +85,10 @@ class ParticleSet:
 # RELION STAR
 # ------------------------------------------------------------------------------------------
 
-#: RELION label → canonical column, for values copied without conversion.
-STAR_TO_CANONICAL: dict[str, str] = {
-    "rlnCoordinateX": S.X_PX,
-    "rlnCoordinateY": S.Y_PX,
-    "rlnAutopickFigureOfMerit": S.SCORE,
-    "rlnImagePixelSize": S.PIXEL_SIZE_A,
-    "rlnImageSize": S.IMAGE_SIZE_PX,
-    "rlnMicrographPixelSize": S.MICROGRAPH_PIXEL_SIZE_A,
-    "rlnVoltage": S.VOLTAGE_KV,
-    "rlnSphericalAberration": S.CS_MM,
-    "rlnAmplitudeContrast": S.AMPLITUDE_CONTRAST,
-    "rlnDefocusU": S.DEFOCUS_U_A,
-    "rlnDefocusV": S.DEFOCUS_V_A,
-    "rlnDefocusAngle": S.DEFOCUS_ANGLE_DEG,
-    "rlnPhaseShift": S.PHASE_SHIFT_DEG,
-    "rlnCtfBfactor": S.CTF_BFACTOR_A2,
-    "rlnCtfScalefactor": S.CTF_SCALE,
-    "rlnAngleRot": S.ROT_DEG,
-    "rlnAngleTilt": S.TILT_DEG,
-    "rlnAnglePsi": S.PSI_DEG,
-    "rlnOriginXAngst": S.SHIFT_X_A,
-    "rlnOriginYAngst": S.SHIFT_Y_A,
-    "rlnClassNumber": S.CLASS_NUMBER,
-    "rlnOpticsGroup": S.OPTICS_GROUP,
-    "rlnOpticsGroupName": S.OPTICS_GROUP_NAME,
-    "rlnRandomSubset": S.RANDOM_SUBSET,
-    "rlnMaxValueProbDistribution": S.MAX_PROB,
-    "rlnDetectorPixelSize": S.DETECTOR_PIXEL_SIZE_UM,
-    "rlnMagnification": S.MAGNIFICATION,
-    "rlnCtfDataArePhaseFlipped": S.CTF_PHASE_FLIPPED,
-}
-CANONICAL_TO_STAR: dict[str, str] = {v: k for k, v in STAR_TO_CANONICAL.items()}
-
-#: RELION labels whose values are integers (written without a decimal point).
-STAR_INT_LABELS: frozenset[str] = frozenset({
-    "rlnImageSize", "rlnClassNumber", "rlnOpticsGroup", "rlnRandomSubset",
-    "rlnImageDimensionality", "rlnGroupNumber", "rlnNrOfSignificantSamples",
-    "rlnCtfDataAreCtfPremultiplied", "rlnCtfDataArePhaseFlipped", "rlnHelicalTubeID",
-})
-
-#: Labels that go to the optics block of a RELION 3.1 file (when constant within a group).
-OPTICS_LABELS: tuple[str, ...] = (
-    "rlnOpticsGroup", "rlnOpticsGroupName", "rlnAmplitudeContrast", "rlnSphericalAberration",
-    "rlnVoltage", "rlnImagePixelSize", "rlnMicrographOriginalPixelSize", "rlnImageSize",
-    "rlnImageDimensionality", "rlnCtfDataAreCtfPremultiplied", "rlnCtfDataArePhaseFlipped",
-    "rlnBeamTiltX", "rlnBeamTiltY",
-    "rlnOddZernike", "rlnEvenZernike", "rlnMagMat00", "rlnMagMat01", "rlnMagMat10",
-    "rlnMagMat11", "rlnMicrographPixelSize",
-)
+# The label tables live in cryoset.io.relion_labels; these names stay importable from here.
+STAR_TO_CANONICAL: dict[str, str] = PARTICLE_STAR_TO_CANONICAL
+CANONICAL_TO_STAR: dict[str, str] = CANONICAL_TO_PARTICLE_STAR
+STAR_INT_LABELS: frozenset[str] = INTEGER_LABELS
 
 #: Labels that mark a STAR table as holding particles or picks.
 _PARTICLE_MARKERS = ("rlnImageName", "rlnCoordinateX", "rlnMicrographName")
@@ -1049,7 +1010,7 @@ def write_particles(
     Path
         ``path``.
     """
-    from cryoset.provenance import write_provenance
+    from cryoset.io.provenance import write_provenance
 
     out = Path(path)
     ps = particles if isinstance(particles, ParticleSet) else ParticleSet(particles, None, "star3.1")

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
-from cryoset.provenance import write_provenance
+from cryoset.io.provenance import write_provenance
 
 #: Columns of `AtomicModel.atoms`, in order.
 ATOM_COLUMNS: tuple[str, ...] = (
@@ -463,7 +463,7 @@ def _ca_structure(chains: Mapping[str, tuple[str, ArrayLike]], fmt: str) -> Any:
         if fmt == "pdb" and (
             len(seq) > 9999 or pos.min(initial=0.0) <= -999.9995 or pos.max(initial=0.0) >= 9999.9995
         ):
-            raise ValueError(f"chain {cid}: too large for the PDB format (use fmt='cif')")
+            raise ValueError(f"chain {cid}: too large for the PDB format (write mmCIF, .cif)")
         # both formats store 0.001 Å: the same decimal text a PDB file would hold
         pos = np.array([[float(f"{v:.3f}") for v in row] for row in pos], dtype=np.float64).reshape(-1, 3)
         ch = gemmi.Chain(cid)

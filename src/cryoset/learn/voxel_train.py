@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 KIND = "voxelnet"
+#: Cα probability threshold of ``model-build`` when the weights carry none (Cryo2Struct's 0.4).
+DEFAULT_CA_THRESHOLD = 0.4
 _WEIGHTINGS = ("sqrt-inverse", "paper", "none")
 
 
@@ -319,11 +321,17 @@ def _core(t: torch.Tensor, overlap: int) -> torch.Tensor:
 def evaluate(model: nn.Module, corpus: SubgridCorpus, heads: Sequence[str],
              weights: Mapping[str, torch.Tensor], *, batch_size: int = 8,
              device: torch.device | None = None) -> dict[str, float]:
-    """Loss and macro F1 per head on the cores of ``corpus``."""
+    """Loss and macro F1 per head on the cores of ``corpus``.
+
+    With a ``backbone`` head also ``ca_threshold`` and ``ca_f1_tol1``: the Cα probability
+    threshold with the best voxel-wise F1 within one voxel (:data:`CA_THRESHOLDS`), the default
+    of ``model-build`` for the weights (chosen on validation data, never on test data).
+    """
     dev = device or torch.device("cpu")
     model.eval()
     conf = {h: np.zeros((HEADS[h], HEADS[h]), np.int64) for h in heads}
     loss = {h: 0.0 for h in heads}
+    ca_counts = np.zeros((len(CA_THRESHOLDS), 4), np.int64)  # tp_pred, n_pred, tp_true, n_true
     n = 0
     for lo in range(0, len(corpus), batch_size):
         x = torch.from_numpy(corpus.density[lo:lo + batch_size])[:, None].to(dev)
@@ -334,12 +342,41 @@ def evaluate(model: nn.Module, corpus: SubgridCorpus, heads: Sequence[str],
             loss[h] += float(nn.functional.cross_entropy(logits, y, weight=weights[h].to(dev),
                                                          reduction="mean")) * x.shape[0]
             conf[h] += confusion(_core(logits.argmax(1), corpus.overlap), _core(y, corpus.overlap), HEADS[h])
+            if h == "backbone":
+                ca_counts += _ca_counts(torch.softmax(logits, 1)[:, 1], y == 1, corpus.overlap)
         n += x.shape[0]
     res: dict[str, float] = {}
     for h in heads:
         res[f"{h}_loss"] = loss[h] / max(n, 1)
         res[f"{h}_f1"] = macro_f1(conf[h])
+    if "backbone" in heads:
+        tp_p, n_p, tp_t, n_t = (ca_counts[:, i].astype(np.float64) for i in range(4))
+        precision = np.divide(tp_p, n_p, out=np.zeros_like(tp_p), where=n_p > 0)
+        recall = np.divide(tp_t, n_t, out=np.zeros_like(tp_t), where=n_t > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
+                       where=(precision + recall) > 0)
+        k = int(np.argmax(f1))
+        res["ca_threshold"] = float(CA_THRESHOLDS[k])
+        res["ca_f1_tol1"] = float(f1[k])
     return res
+
+
+#: Cα probability thresholds scanned by :func:`evaluate`.
+CA_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def _ca_counts(prob: torch.Tensor, truth: torch.Tensor, overlap: int) -> NDArray[np.int64]:
+    """Per threshold: predicted voxels near a Cα, predicted voxels, Cα near a prediction, Cα (cores)."""
+    near_truth = _core(nn.functional.max_pool3d(truth[:, None].float(), 3, 1, 1)[:, 0] > 0, overlap)
+    t_core = _core(truth, overlap)
+    out = np.zeros((len(CA_THRESHOLDS), 4), np.int64)
+    for i, t in enumerate(CA_THRESHOLDS):
+        pred = prob > t
+        near_pred = _core(nn.functional.max_pool3d(pred[:, None].float(), 3, 1, 1)[:, 0] > 0, overlap)
+        p_core = _core(pred, overlap)
+        out[i] = (int((p_core & near_truth).sum()), int(p_core.sum()), int((t_core & near_pred).sum()),
+                  int(t_core.sum()))
+    return out
 
 
 def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -493,12 +530,15 @@ def train_voxel(
                                      config=config_json, optimizer=opt,
                                      state={"history": history, "n_train": len(train)},
                                      provenance=provenance)
-            write_weights(out / "model.safetensors", state, kind=KIND, config=config_json,
-                          provenance=provenance)
+            inference = {"ca_threshold": row.get("validation_ca_threshold", DEFAULT_CA_THRESHOLD),
+                         "ca_threshold_source": "validation" if "validation_ca_threshold" in row else "default",
+                         "epoch": epoch}
+            final_cfg = {**config_json, "inference": inference}
+            write_weights(out / "model.safetensors", state, kind=KIND, config=final_cfg, provenance=provenance)
             vloss = row.get("validation_loss", math.inf)
             if vloss < best or not math.isfinite(best):
                 best = vloss
-                write_weights(out / "best.safetensors", state, kind=KIND, config=config_json,
+                write_weights(out / "best.safetensors", state, kind=KIND, config=final_cfg,
                               provenance=provenance)
             _write_metrics(out, history)
             if on_epoch is not None:
@@ -511,6 +551,13 @@ def train_voxel(
     return {"epochs_run": len(history), "last_metrics": history[-1] if history else {},
             "n_train": len(train), "n_validation": len(val), "seconds": seconds,
             "subgrids_per_s": seen / seconds if seconds > 0 else math.nan}
+
+
+def voxel_net_threshold(path: str | os.PathLike[str]) -> float:
+    """The Cα threshold stored with the weights (chosen on validation data), else the default."""
+    _, cfg, _ = read_weights(path, KIND)
+    value = (cfg.get("inference") or {}).get("ca_threshold")
+    return float(value) if isinstance(value, (int, float)) and 0 < value < 1 else DEFAULT_CA_THRESHOLD
 
 
 def load_voxel_net(path: str | os.PathLike[str]) -> tuple[nn.Module, VoxelNetConfig]:

@@ -27,6 +27,21 @@ When several atoms of one label map fall in the same voxel, the one whose positi
 nearest the voxel centre wins (ties: the first in file order); in the ``backbone`` map a Cα
 always beats N and C. Every collision is counted and listed, none is silent.
 
+Formula 1 (``rule="cryo2struct"``)
+----------------------------------
+Cryo2StructData's published label files use the paper's Formula 1 instead:
+``index = ceil(floor(p - origin_a) / voxel_size_a)`` per axis, in float32 (Biopython's
+coordinates and the MRC header's origin are float32), on every atom named ``CA``/``N``/``C``
+in file order whatever its residue (a calcium ion named CA included, as Biopython iterates
+it), the later atom overwriting the earlier in a shared voxel (no Cα priority), the amino
+code of a Cα from the 20 names only (MSE and other names → 0, which also overwrites), and a
+negative index ``-n ≤ k < 0`` wrapping to ``n + k`` as numpy indexing does in their scripts
+(an index ``≥ n`` or ``< -n`` is skipped). With a 1 Å grid the formula is ``floor(p - origin)``:
+the voxel whose *corner* is below the atom, so half of the atoms land one voxel lower than
+under the nearest-centre rule; ``label_maps(..., rule="cryo2struct")`` reproduces the
+published files voxel for voxel (tests/maps/test_labels.py, tests/datasets/test_cryo2struct.py).
+Wrapped atoms are counted in ``report["n_wrapped"]`` and named in the warnings.
+
 Which atoms
 -----------
 Only atoms of amino-acid residues (gemmi's residue table; standard and modified amino acids)
@@ -59,6 +74,7 @@ __all__ = [
     "label_maps",
     "rasterise",
     "voxel_indices",
+    "voxel_indices_formula1",
 ]
 
 #: Amino-acid order of the ``amino`` labels: code = position + 1.
@@ -135,6 +151,23 @@ def voxel_indices(
     o = np.asarray(origin_a, dtype=np.float64).reshape(3)
     v = np.asarray(voxel_size_a, dtype=np.float64).reshape(3)
     return np.floor((pts - o) / v + 0.5).astype(np.int64)
+
+
+def voxel_indices_formula1(
+    xyz_a: ArrayLike, origin_a: ArrayLike, voxel_size_a: ArrayLike
+) -> NDArray[np.int64]:
+    """Cryo2StructData's Formula 1 ``(k, j, i)`` indices: ``ceil(floor(p - origin) / voxel)``
+    per axis, computed in float32 as their scripts do (see the module notes).
+
+    Examples
+    --------
+    >>> voxel_indices_formula1([[1.99, 0.5, -0.5]], (0, 0, 0), (1, 1, 1)).tolist()
+    [[-1, 0, 1]]
+    """
+    pts = np.asarray(xyz_a, dtype=np.float32).reshape(-1, 3)[:, ::-1]
+    o = np.asarray(origin_a, dtype=np.float32).reshape(3)
+    v = np.asarray(voxel_size_a, dtype=np.float32).reshape(3)
+    return np.ceil(np.floor(pts - o) / v).astype(np.int64)
 
 
 def rasterise(
@@ -237,6 +270,7 @@ def label_maps(
     secondary: pd.DataFrame | None = None,
     secondary_source: str = "dssp",
     source: str | os.PathLike[str] | None = None,
+    rule: str = "nearest",
 ) -> LabelMaps:
     """Label a grid from an atoms table.
 
@@ -255,6 +289,9 @@ def label_maps(
         Recorded in the report ("file" for HELIX/SHEET records, "dssp" when computed).
     source
         The model file, named in errors and warnings.
+    rule
+        ``"nearest"`` (default: nearest voxel centre, Cα priority, nearest atom wins) or
+        ``"cryo2struct"`` (the paper's Formula 1, last atom wins; see the module notes).
 
     Returns
     -------
@@ -267,14 +304,29 @@ def label_maps(
         The model has backbone atoms but none of them lies inside the grid (the model is not
         in the map's frame).
     """
+    if rule not in ("nearest", "cryo2struct"):
+        raise ValueError(f"rule: must be 'nearest' or 'cryo2struct', got {rule!r}")
+    formula1 = rule == "cryo2struct"
     shp = tuple(int(s) for s in shape)
     vox = np.asarray(voxel_size_a, dtype=np.float64).reshape(3)
     org = np.asarray(origin_a, dtype=np.float64).reshape(3)
-    bb = backbone_atoms(atoms).reset_index(drop=True)
+    if formula1:  # every atom named CA/N/C, any residue, file order
+        bb = atoms[atoms["atom_name"].astype(str).isin(list(BACKBONE_CODES)).to_numpy()].reset_index(drop=True)
+    else:
+        bb = backbone_atoms(atoms).reset_index(drop=True)
     xyz = bb[["x_a", "y_a", "z_a"]].to_numpy(dtype=np.float64)
-    idx = voxel_indices(xyz, org, vox)
-    centre = org + idx * vox
-    dist = np.linalg.norm(xyz[:, ::-1] - centre, axis=1)
+    n_wrapped = 0
+    if formula1:
+        idx = voxel_indices_formula1(xyz, org, vox)
+        wrap = (idx < 0) & (idx >= -np.asarray(shp))
+        n_wrapped = int(np.count_nonzero(wrap.any(axis=1) & np.all(idx >= -np.asarray(shp), axis=1)
+                                         & np.all(idx < np.asarray(shp), axis=1)))
+        idx = np.where(wrap, idx + np.asarray(shp), idx)
+        dist = np.zeros(len(bb))
+    else:
+        idx = voxel_indices(xyz, org, vox)
+        centre = org + idx * vox
+        dist = np.linalg.norm(xyz[:, ::-1] - centre, axis=1)
     names = bb["atom_name"].astype(str).to_numpy()
     codes = np.zeros(names.size, dtype=np.uint8)
     for atom_name, code in BACKBONE_CODES.items():
@@ -294,12 +346,21 @@ def label_maps(
         warnings.append(f"{n_outside} of {len(bb)} backbone atoms (Cα, N, C) lie outside the {grid} "
                         "map grid and are not labelled")
 
-    backbone, _, lost_bb = rasterise(idx, codes, shp, priority=is_ca.astype(float), distance=dist)
+    if n_wrapped:
+        warnings.append(f"{n_wrapped} atoms have a negative Formula-1 index and wrap to the far side of the "
+                        "grid, as in the published label files")
+    # Formula 1: the later atom wins a shared voxel (priority = file order); else Cα first
+    order = np.arange(len(bb), dtype=np.float64)
+    backbone, _, lost_bb = rasterise(idx, codes, shp, priority=order if formula1 else is_ca.astype(float),
+                                     distance=dist)
     ca_rows = np.flatnonzero(is_ca)
-    ca_vol, _, lost_ca_local = rasterise(idx[ca_rows], np.ones(ca_rows.size, np.uint8), shp, distance=dist[ca_rows])
+    ca_prio = order[ca_rows] if formula1 else None
+    ca_vol, _, lost_ca_local = rasterise(idx[ca_rows], np.ones(ca_rows.size, np.uint8), shp,
+                                         priority=ca_prio, distance=dist[ca_rows])
     res_codes, res_names = pd.factorize(bb.loc[is_ca, "residue_name"].astype(str).to_numpy(dtype=object))
-    aa = np.array([amino_acid_code(str(n)) for n in res_names], dtype=np.uint8)[res_codes]
-    amino, _, _ = rasterise(idx[ca_rows], aa, shp, distance=dist[ca_rows])
+    code_of = ((lambda n: AMINO_ACIDS.index(n) + 1 if n in AMINO_ACIDS else 0) if formula1 else amino_acid_code)
+    aa = np.array([code_of(str(n).strip().upper()) for n in res_names], dtype=np.uint8)[res_codes]
+    amino, _, _ = rasterise(idx[ca_rows], aa, shp, priority=ca_prio, distance=dist[ca_rows])
     ca_frame = bb.loc[is_ca, _RESIDUE_KEYS].copy()
     if secondary is not None and len(secondary):
         sec = secondary[[*_RESIDUE_KEYS, "dssp"]].drop_duplicates(_RESIDUE_KEYS)
@@ -307,7 +368,7 @@ def label_maps(
         ss = _ss_code(merged["dssp"])
     else:
         ss = np.full(ca_rows.size, SECONDARY_CODES["coil"], dtype=np.uint8)
-    sec_vol, _, _ = rasterise(idx[ca_rows], ss, shp, distance=dist[ca_rows])
+    sec_vol, _, _ = rasterise(idx[ca_rows], ss, shp, priority=ca_prio, distance=dist[ca_rows])
 
     lost_rows = np.concatenate([lost_bb, ca_rows[lost_ca_local]]).astype(np.int64)
     collisions = bb.iloc[lost_rows][_RESIDUE_KEYS].reset_index(drop=True)
@@ -324,6 +385,8 @@ def label_maps(
         "n_outside": {a: int(np.sum(~inside & (names == a))) for a in BACKBONE_CODES},
         "n_collisions": {"backbone": int(lost_bb.size), "ca": int(lost_ca_local.size)},
         "secondary_source": secondary_source if secondary is not None else "none",
+        "rule": rule,
+        "n_wrapped": n_wrapped,
         "warnings": warnings,
         "label_counts": {
             "ca": int(np.count_nonzero(ca_vol)),

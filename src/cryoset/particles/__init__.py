@@ -1,2 +1,2 @@
 """Particle images: extraction from micrographs, normalisation, CTF phase flipping and
-Fourier down-sampling (:mod:`cryoset.particles.extract`, :mod:`cryoset.particles.fourier`)."""
+Fourier down-sampling (:mod:`cryoset.particles.extract`, :mod:`cryoset.fourier.crop`)."""

@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cryoset.ctf.model import CTFParams, ctf_2d
 from cryoset.errors import InputError
-from cryoset.particles.fourier import fourier_crop
+from cryoset.fourier.crop import fourier_crop
 
 __all__ = [
     "ExtractionResult",
@@ -86,7 +86,7 @@ def output_box_size(box_px: int, pixel_size_a: float, pixel_size_out_a: float | 
     """Even output box for down-sampling ``box_px`` pixels to about ``pixel_size_out_a``.
 
     The true output pixel size is then ``pixel_size_a · box_px / output`` (see
-    :func:`cryoset.particles.fourier.resampled_pixel_size_a`); never up-samples.
+    :func:`cryoset.fourier.crop.resampled_pixel_size_a`); never up-samples.
     """
     if pixel_size_out_a is None or pixel_size_out_a <= pixel_size_a:
         return box_px
@@ -204,18 +204,7 @@ _CTF_COLUMNS = ("defocus_u_a", "defocus_v_a", "defocus_angle_deg")
 
 def _row_ctf(row: pd.Series, fallback: CTFParams | None) -> CTFParams:
     if all(c in row.index and pd.notna(row[c]) for c in _CTF_COLUMNS):
-        base = fallback or CTFParams(0.0, 0.0, 0.0)
-
-        def get(name: str, default: float) -> float:
-            v = row.get(name, np.nan)
-            return float(v) if pd.notna(v) else default
-
-        return CTFParams(
-            float(row["defocus_u_a"]), float(row["defocus_v_a"]), float(row["defocus_angle_deg"]),
-            get("voltage_kv", base.voltage_kv), get("cs_mm", base.cs_mm),
-            get("amplitude_contrast", base.amplitude_contrast),
-            get("phase_shift_deg", base.phase_shift_deg),
-        )
+        return CTFParams.from_row(row, fallback)
     if fallback is None:
         raise InputError("ctf", "phase flipping needs defocus per pick or a micrograph CTF")
     return fallback

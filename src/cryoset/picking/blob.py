@@ -35,11 +35,13 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from cryoset.errors import InputError
-from cryoset.particles.fourier import fourier_crop
+from cryoset.fourier.crop import fourier_crop
+from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
 from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
 __all__ = [
     "WORK_DIAMETER_PX",
+    "BlobPicker",
     "BlobSettings",
     "blob_response",
     "pick_blobs",
@@ -223,19 +225,41 @@ def pick_blobs(
         Canonical picks table (``micrograph, x_px, y_px, score, diameter_px``) plus
         ``ncc`` and ``power``, best score first.
     """
-    settings.check()
-    if not pixel_size_a > 0:
-        raise InputError("pixel-size", f"must be > 0 Å, got {pixel_size_a}")
-    img = np.asarray(image, dtype=np.float32)
-    d_px = settings.diameter_a / pixel_size_a
-    work, factor = prepare_micrograph(img, d_px, dark_particles=settings.dark_particles)
-    lo, hi = settings.diameter_range_a
-    diam_work = np.linspace(lo, hi, N_SCALES) / pixel_size_a / factor
-    resp = blob_response(work, diam_work)
-    d_work = d_px / factor
-    xy, vals, xy_w = peaks_in_micrograph(
-        resp, factor, (img.shape[0], img.shape[1]), settings.min_distance_fraction * d_work,
-        threshold=settings.threshold, edge_margin_px=settings.edge_fraction * d_px,
-    )
-    return picks_table(micrograph, xy, vals, d_px, ncc=disk_ncc(work, xy_w, d_work),
-                       power=local_power(work, xy_w, d_work / 2))
+    return BlobPicker(settings).pick(image, pixel_size_a, micrograph=micrograph)
+
+
+@register_picker("blob")
+class BlobPicker(Picker):
+    """The blob picker as the four :class:`~cryoset.picking.base.Picker` steps."""
+
+    def __init__(self, settings: BlobSettings) -> None:
+        self.settings = settings
+
+    def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
+        self.settings.check()
+        if not pixel_size_a > 0:
+            raise InputError("pixel-size", f"must be > 0 Å, got {pixel_size_a}")
+        img = np.asarray(image, dtype=np.float32)
+        d_px = self.settings.diameter_a / pixel_size_a
+        work, factor = prepare_micrograph(img, d_px, dark_particles=self.settings.dark_particles)
+        return PreparedMicrograph(img, work, factor, pixel_size_a, d_px)
+
+    def score_map(self, micrograph: PreparedMicrograph) -> ScoreMap:
+        lo, hi = self.settings.diameter_range_a
+        diam_work = np.linspace(lo, hi, N_SCALES) / micrograph.pixel_size_a / micrograph.factor
+        return ScoreMap(blob_response(micrograph.work, diam_work))
+
+    def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
+        assert score.values is not None
+        xy, vals, xy_w = peaks_in_micrograph(
+            score.values, micrograph.factor, micrograph.shape,
+            self.settings.min_distance_fraction * micrograph.diameter_work_px,
+            threshold=self.settings.threshold, edge_margin_px=self.settings.edge_fraction * micrograph.diameter_px,
+        )  # fmt: skip
+        return Peaks(xy, vals, xy_w)
+
+    def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
+        d_work = micrograph.diameter_work_px
+        return picks_table(name, peaks.xy, peaks.values, micrograph.diameter_px,
+                           ncc=disk_ncc(micrograph.work, peaks.xy_work, d_work),
+                           power=local_power(micrograph.work, peaks.xy_work, d_work / 2))

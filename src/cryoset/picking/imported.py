@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
 from cryoset.picking.blob import disk_ncc, prepare_micrograph
 from cryoset.picking.peaks import edge_mask, local_power, remove_duplicates
 
-__all__ = ["score_imported"]
+__all__ = ["ImportedPicker", "score_imported"]
 
 
 def score_imported(
@@ -40,16 +41,52 @@ def score_imported(
     DataFrame
         The kept picks with ``ncc`` and ``power`` columns and ``diameter_px`` filled.
     """
-    img = np.asarray(image, dtype=np.float32)
-    work, factor = prepare_micrograph(img, diameter_px, dark_particles=dark_particles)
-    out = picks.reset_index(drop=True).copy()
-    xy = out[["x_px", "y_px"]].to_numpy(np.float64)
-    out = out.loc[edge_mask(xy, (img.shape[0], img.shape[1]), edge_fraction * diameter_px)]
-    out = out.reset_index(drop=True)
-    xy_w = out[["x_px", "y_px"]].to_numpy(np.float64) / factor
-    out["ncc"] = disk_ncc(work, xy_w, diameter_px / factor)
-    out["power"] = local_power(work, xy_w, diameter_px / factor / 2)
-    score = pd.to_numeric(out["score"], errors="coerce")
-    out["score"] = score.where(score.notna(), out["ncc"])
-    out["diameter_px"] = pd.to_numeric(out["diameter_px"], errors="coerce").fillna(diameter_px)
-    return remove_duplicates(out, min_distance_fraction * diameter_px)
+    return ImportedPicker(picks, diameter_px, min_distance_fraction=min_distance_fraction,
+                          edge_fraction=edge_fraction, dark_particles=dark_particles).pick(image, 1.0)
+
+
+@register_picker("import")
+class ImportedPicker(Picker):
+    """Imported picks as the four :class:`~cryoset.picking.base.Picker` steps.
+
+    The positions come from ``picks`` (a canonical picks table of one micrograph), so there
+    is no score map; the peaks are the picks away from the edge, the picks those peaks
+    scored and de-duplicated. ``diameter_px`` is in micrograph pixels (the pixel size given
+    to :meth:`pick` is not used).
+    """
+
+    def __init__(self, picks: pd.DataFrame, diameter_px: float, *, min_distance_fraction: float = 0.5,
+                 edge_fraction: float = 0.5, dark_particles: bool = True) -> None:
+        self.table = picks
+        self.diameter_px = diameter_px
+        self.min_distance_fraction = min_distance_fraction
+        self.edge_fraction = edge_fraction
+        self.dark_particles = dark_particles
+
+    def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
+        img = np.asarray(image, dtype=np.float32)
+        work, factor = prepare_micrograph(img, self.diameter_px, dark_particles=self.dark_particles)
+        return PreparedMicrograph(img, work, factor, pixel_size_a, self.diameter_px)
+
+    def score_map(self, micrograph: PreparedMicrograph) -> ScoreMap:
+        return ScoreMap(None)
+
+    def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
+        out = self.table.reset_index(drop=True).copy()
+        xy = out[["x_px", "y_px"]].to_numpy(np.float64)
+        out = out.loc[edge_mask(xy, micrograph.shape, self.edge_fraction * self.diameter_px)]
+        out = out.reset_index(drop=True)
+        xy = out[["x_px", "y_px"]].to_numpy(np.float64)
+        scores = pd.to_numeric(out["score"], errors="coerce").to_numpy(np.float64)
+        return Peaks(xy, scores, xy / micrograph.factor, out)
+
+    def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
+        assert peaks.rows is not None
+        out = peaks.rows.copy()
+        d_work = self.diameter_px / micrograph.factor
+        out["ncc"] = disk_ncc(micrograph.work, peaks.xy_work, d_work)
+        out["power"] = local_power(micrograph.work, peaks.xy_work, d_work / 2)
+        score_col = pd.to_numeric(out["score"], errors="coerce")
+        out["score"] = score_col.where(score_col.notna(), out["ncc"])
+        out["diameter_px"] = pd.to_numeric(out["diameter_px"], errors="coerce").fillna(self.diameter_px)
+        return remove_duplicates(out, self.min_distance_fraction * self.diameter_px)

@@ -30,10 +30,18 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from cryoset.errors import InputError
+from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
 from cryoset.picking.blob import prepare_micrograph
 from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
-__all__ = ["TemplateSettings", "check_templates", "ncc_map", "pick_templates", "prepare_templates"]
+__all__ = [
+    "TemplatePicker",
+    "TemplateSettings",
+    "check_templates",
+    "ncc_map",
+    "pick_templates",
+    "prepare_templates",
+]
 
 
 @dataclass(frozen=True)
@@ -255,26 +263,58 @@ def pick_templates(
         Canonical picks (``score`` = ``ncc``) plus ``ncc``, ``power`` and ``template``
         (index of the best template before rotation), best first.
     """
-    settings.check()
-    if not pixel_size_a > 0 or not template_pixel_size_a > 0:
-        raise InputError("pixel-size", "pixel sizes must be > 0 Å")
-    img = np.asarray(image, dtype=np.float32)
-    d_px = settings.diameter_a / pixel_size_a
-    work, factor = prepare_micrograph(img, d_px, dark_particles=settings.dark_particles)
-    d_work = d_px / factor
-    prepared = prepare_templates(
-        templates, template_pixel_size_a, pixel_size_a * factor,
-        settings.mask_fraction * d_work, settings.angle_step_deg, source=source,
+    return TemplatePicker(settings, templates, template_pixel_size_a, source=source).pick(
+        image, pixel_size_a, micrograph=micrograph
     )
-    n_angles = len(np.arange(0.0, 360.0 - 1e-9, settings.angle_step_deg))
-    ncc, arg = ncc_map(work, prepared)
-    xy, vals, xy_w = peaks_in_micrograph(
-        ncc, factor, (img.shape[0], img.shape[1]), settings.min_distance_fraction * d_work,
-        threshold=settings.threshold, edge_margin_px=settings.edge_fraction * d_px,
-    )
-    ij = np.rint(xy_w).astype(int)
-    return picks_table(
-        micrograph, xy, vals, d_px, ncc=vals.astype(np.float64),
-        power=local_power(work, xy_w, d_work / 2),
-        template=(arg[ij[:, 1], ij[:, 0]] // max(n_angles, 1)).astype(np.int64),
-    )
+
+
+@register_picker("template")
+class TemplatePicker(Picker):
+    """The template picker as the four :class:`~cryoset.picking.base.Picker` steps.
+
+    ``templates`` (``(n, b, b)``, protein bright) at ``template_pixel_size_a``; ``source``
+    names the template file in errors.
+    """
+
+    def __init__(self, settings: TemplateSettings, templates: ArrayLike, template_pixel_size_a: float, *,
+                 source: str | os.PathLike[str] = "templates") -> None:
+        self.settings = settings
+        self.templates = templates
+        self.template_pixel_size_a = template_pixel_size_a
+        self.source = source
+
+    def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
+        self.settings.check()
+        if not pixel_size_a > 0 or not self.template_pixel_size_a > 0:
+            raise InputError("pixel-size", "pixel sizes must be > 0 Å")
+        img = np.asarray(image, dtype=np.float32)
+        d_px = self.settings.diameter_a / pixel_size_a
+        work, factor = prepare_micrograph(img, d_px, dark_particles=self.settings.dark_particles)
+        return PreparedMicrograph(img, work, factor, pixel_size_a, d_px)
+
+    def score_map(self, micrograph: PreparedMicrograph) -> ScoreMap:
+        s = self.settings
+        prepared = prepare_templates(
+            self.templates, self.template_pixel_size_a, micrograph.pixel_size_a * micrograph.factor,
+            s.mask_fraction * micrograph.diameter_work_px, s.angle_step_deg, source=self.source,
+        )  # fmt: skip
+        n_angles = len(np.arange(0.0, 360.0 - 1e-9, s.angle_step_deg))
+        ncc, arg = ncc_map(micrograph.work, prepared)
+        return ScoreMap(ncc, {"template": arg // max(n_angles, 1)})
+
+    def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
+        assert score.values is not None
+        xy, vals, xy_w = peaks_in_micrograph(
+            score.values, micrograph.factor, micrograph.shape,
+            self.settings.min_distance_fraction * micrograph.diameter_work_px,
+            threshold=self.settings.threshold, edge_margin_px=self.settings.edge_fraction * micrograph.diameter_px,
+        )  # fmt: skip
+        return Peaks(xy, vals, xy_w)
+
+    def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
+        ij = np.rint(peaks.xy_work).astype(int)
+        return picks_table(
+            name, peaks.xy, peaks.values, micrograph.diameter_px, ncc=peaks.values.astype(np.float64),
+            power=local_power(micrograph.work, peaks.xy_work, micrograph.diameter_work_px / 2),
+            template=score.extra["template"][ij[:, 1], ij[:, 0]].astype(np.int64),
+        )

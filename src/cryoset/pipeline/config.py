@@ -10,6 +10,7 @@ accepted with a one-line notice on stderr. See docs/build.md for every key.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -21,21 +22,52 @@ import yaml
 
 from cryoset.deprecation import notify_deprecated
 from cryoset.errors import InputError
+from cryoset.workflows.classify2d import Classify2DParams
+from cryoset.workflows.ctf import CtfParams
+from cryoset.workflows.curate import CurateParams
+from cryoset.workflows.pick import ExtractParams, PickParams
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# key → (kind, default, required). kinds: posnum, nonneg, posint, int, bool, str, range
+# key → (kind, default, required). kinds: posnum, nonneg, posint, int, bool, str, range,
+# grid ("NxM"), choice:a|b|c. The defaults of the step sections are those of the workflow
+# parameter classes, the very ones the commands' options use: defined once, in workflows/.
+def _from(params: type[Any], kinds: Mapping[str, str]) -> dict[str, tuple[str, Any, bool]]:
+    """A config section whose keys and defaults are fields of a workflow parameter class."""
+    defaults = {f.name: f.default for f in dataclasses.fields(params)}
+    unknown = sorted(set(kinds) - set(defaults))
+    if unknown:  # pragma: no cover - a programming error
+        raise KeyError(f"{params.__name__} has no field {unknown[0]}")
+    return {key: (kind, defaults[key], False) for key, kind in kinds.items()}
+
+
 _SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
-    "ctf": {"tile_px": ("posint", 256, False), "min_resolution_a": ("posnum", 30.0, False),
-            "max_resolution_a": ("posnum", 5.0, False), "defocus_min_a": ("posnum", 2000.0, False),
-            "defocus_max_a": ("posnum", 60000.0, False)},
-    "pick": {"diameter_a": ("posnum", None, False), "threshold": ("number", 3.5, False),
-             "min_distance_fraction": ("nonneg", 0.5, False)},
-    "extract": {"box_px": ("posint", None, False), "pixel_size_out_a": ("posnum", None, False),
-                "phase_flip": ("bool", True, False), "invert": ("bool", True, False)},
-    "classify": {"n_classes": ("posint", 4, False), "n_iter": ("posint", 5, False),
-                 "psi_step_deg": ("posnum", 10.0, False), "offset_range_px": ("nonneg_int", 3, False),
-                 "seed": ("int", 0, False)},
+    # optics come from the experiment; parallelism from execution.workers
+    "ctf": _from(CtfParams, {
+        "patches": "grid", "surface": "choice:plane|quadratic|constant", "min_resolution_a": "posnum",
+        "max_resolution_a": "posnum", "defocus_min_a": "posnum", "defocus_max_a": "posnum",
+        "phase_shift": "bool", "tile_px": "posint", "plots": "bool"}),
+    # the CTF STAR of inspection is the build's own; templates / import_dir / mask_dir are
+    # paths relative to the configuration file
+    "pick": _from(PickParams, {
+        "diameter_a": "posnum", "method": "choice:blob|template|import", "templates": "str",
+        "template_pixel_size_a": "posnum", "import_dir": "str", "threshold": "number",
+        "min_distance_fraction": "nonneg", "min_ncc": "number", "min_power": "number",
+        "max_power": "number", "mask_dir": "str", "max_ctf_resolution_a": "posnum",
+        "light_particles": "bool", "format": "choice:star|box|csv|cbox|topaz|cs"}),
+    # the box defaults from the particle diameter; the CTF is the build's own
+    "extract": _from(ExtractParams, {
+        "box_px": "posint", "pixel_size_out_a": "posnum", "invert": "bool", "norm": "bool",
+        "bg_radius_px": "posnum", "phase_flip": "bool", "local_defocus": "bool"}),
+    # the mask diameter is the particle diameter
+    "classify": _from(Classify2DParams, {
+        "n_classes": "posint", "n_iter": "posint", "psi_step_deg": "posnum",
+        "offset_range_px": "nonneg_int", "offset_recentre": "bool", "max_offset_px": "nonneg",
+        "box_px": "nonneg_int", "tau2_fudge": "posnum", "hard": "bool", "ctf": "bool",
+        "recover": "bool", "min_population": "nonneg_int", "resolution_factor": "posnum",
+        "power_fraction": "nonneg", "max_power_ratio": "posnum", "recover_percentile": "percent",
+        "seed": "int", "rounds": "posint"}),
+    "duplicates": _from(CurateParams, {"min_distance_a": "nonneg"}),
     "store": {"encoding": ("encoding", "uint8", False), "chunk_particles": ("posint", 256, False)},
     "execution": {"workers": ("posint", 2, False), "retries": ("nonneg_int", 2, False)},
 }
@@ -51,6 +83,8 @@ _LOCAL: dict[str, tuple[str, Any, bool]] = {
     "micrographs": ("str", None, True), "pixel_size_a": ("posnum", None, True),
     "voltage_kv": ("posnum", None, True), "cs_mm": ("nonneg", None, True),
     "amplitude_contrast": ("fraction", 0.1, False),
+    # the authors' picks (a directory of coordinate files), for pick.method: import
+    "import_dir": ("str", None, False),
 }
 #: Upper bounds (dotted key suffix → largest value) that keep a simulated experiment within
 #: memory: a 8192² micrograph is 0.5 GB in float64; larger sizes are typos, refused up front
@@ -73,10 +107,19 @@ _MESSAGES = {
     "nonneg_int": "must be an integer >= 0", "int": "must be an integer",
     "bool": "must be true or false", "str": "must be a non-empty string",
     "fraction": "must be a number in [0, 1)", "encoding": "must be 'uint8' or 'float16'",
+    "grid": "must be a patch grid NxM, e.g. '3x3'", "percent": "must be a number in [0, 100]",
 }
 
 
+def _message(kind: str) -> str:
+    if kind.startswith("choice:"):
+        return "must be one of " + ", ".join(kind.removeprefix("choice:").split("|"))
+    return _MESSAGES[kind]
+
+
 def _ok(kind: str, value: Any) -> bool:
+    if kind.startswith("choice:"):
+        return isinstance(value, str) and value in kind.removeprefix("choice:").split("|")
     is_num = (isinstance(value, (int, float)) and not isinstance(value, bool)
               and math.isfinite(value))
     is_int = isinstance(value, int) and not isinstance(value, bool)
@@ -91,6 +134,8 @@ def _ok(kind: str, value: Any) -> bool:
         "str": isinstance(value, str) and value.strip() != "",
         "fraction": is_num and 0 <= value < 1,
         "encoding": value in ("uint8", "float16"),
+        "grid": isinstance(value, str) and re.fullmatch(r"\s*[1-9]\d*\s*[xX]\s*[1-9]\d*\s*", value) is not None,
+        "percent": is_num and 0 <= value <= 100,
     }
     return bool(checks[kind])
 
@@ -129,11 +174,11 @@ def _section(src: Path | str, prefix: str, given: Any, spec: Mapping[str, tuple[
             continue
         value = given[key]
         if not _ok(kind, value):
-            raise InputError(src, f"{prefix}.{key}: {_MESSAGES[kind]}, got {value!r}")
+            raise InputError(src, f"{prefix}.{key}: {_message(kind)}, got {value!r}")
         limit = next((m for k, m in _MAXIMA.items() if f"{prefix}.{key}".endswith(k)), None)
         if limit is not None and value > limit:
             raise InputError(src, f"{prefix}.{key}: must be at most {limit}, got {value!r}")
-        out[key] = float(value) if kind in ("posnum", "nonneg", "number", "fraction") else value
+        out[key] = float(value) if kind in ("posnum", "nonneg", "number", "fraction", "percent") else value
     return out
 
 
@@ -188,6 +233,12 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         raise InputError(src, "ctf.defocus_min_a: must be smaller than ctf.defocus_max_a")
     if ctf["tile_px"] < 128:
         raise InputError(src, "ctf.tile_px: must be at least 128")
+    pick = out["pick"]
+    if pick["method"] == "import" and pick["import_dir"] is None and any(
+            isinstance(e, Mapping) and "local" in e and not (e.get("local") or {}).get("import_dir")
+            for e in (raw.get("experiments") or [])):
+        raise InputError(src, "pick.import_dir: is required for pick.method import (or give each local "
+                         "experiment its import_dir)")
     exps = raw.get("experiments")
     if not isinstance(exps, list) or not exps:
         raise InputError(src, "experiments: must be a non-empty list")

@@ -8,18 +8,28 @@ deterministic: the same inputs and parameters give the same outputs, bit for bit
 stage          outputs (in ``work/<experiment>/<stage>/``)
 =============  =====================================================================
 micrographs    ``micrographs.csv`` (name, path, acquisition); simulated: the MRC files,
-               ``truth.csv`` and ``info.json`` (particle diameter)
-ctf            ``ctf.csv``: one CTF fit per micrograph (:func:`cryoset.ctf.estimate_ctf`)
-pick           ``picks.csv``: canonical picks (:func:`cryoset.picking.blob.pick_blobs`)
-extract        ``particles.npy`` (n, b, b) and ``particles.parquet`` (one row per image)
-classify       ``classes.parquet`` (class, pose, posterior statistics), ``averages.npy``
-store          ``summary.json``; the experiment is appended to the particle store
+               ``truth.csv``, ``coordinates/`` (the true picks, one STAR per micrograph)
+               and ``info.json`` (particle diameter)
+ctf            what ``cryoset ctf`` writes (:func:`cryoset.workflows.ctf.run_ctf`)
+pick           ``coordinates/``: what ``cryoset pick`` writes
+               (:func:`cryoset.workflows.pick.run_pick`); template picking from class
+               averages adds ``bootstrap/``
+extract        what ``cryoset extract`` writes (:func:`cryoset.workflows.pick.run_extract`)
+classify       what ``cryoset classify2d --rounds N`` writes (round 1, then ``round2/``…,
+               each round on the particles the previous kept)
+store          ``summary.json``, ``annotations.parquet``; the experiment (every extracted
+               particle, rejected ones labelled) is appended to the particle store
 report         ``report.html`` and ``averages.png``
 =============  =====================================================================
+
+Every step is the command's own workflow function with the same parameters, so a build gives
+the particles and annotations of running the commands by hand
+(``tests/pipeline/test_build_equals_commands.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -45,8 +55,8 @@ def stage_parameters(stage: str, exp: Mapping[str, Any], cfg: Mapping[str, Any])
         return params
     if stage in ("ctf", "pick", "extract", "classify"):
         return dict(cfg[stage])
-    if stage == "store":
-        return {**cfg["store"], "experiment_id": exp["id"]}
+    if stage == "store":  # the store holds the curated annotations: duplicates decide `kept`
+        return {**cfg["store"], "duplicates": dict(cfg["duplicates"]), "experiment_id": exp["id"]}
     return {}
 
 
@@ -87,6 +97,7 @@ def run_micrographs(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, 
         table.to_csv(out / "micrographs.csv", index=False)
         (out / "info.json").write_text(json.dumps({"diameter_a": None}))
         return {"micrographs": len(files)}
+    from cryoset.io.coords import write_coords
     from cryoset.io.mrc import write_map
     from cryoset.simulate.micrograph import (
         MicrographSettings,
@@ -112,6 +123,9 @@ def run_micrographs(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, 
                      "voltage_kv": p["voltage_kv"], "cs_mm": p["cs_mm"],
                      "amplitude_contrast": p["amplitude_contrast"]})
         truths.append(sim.picks)
+        (out / "coordinates").mkdir(exist_ok=True)
+        write_coords(out / "coordinates" / f"micrograph_{k:04d}.star", sim.picks,
+                     micrograph_shape=sim.image.shape)
     pd.DataFrame(rows).to_csv(out / "micrographs.csv", index=False)
     pd.concat(truths, ignore_index=True).to_csv(out / "truth.csv", index=False)
     (out / "info.json").write_text(json.dumps({"diameter_a": atoms.diameter_a,
@@ -136,26 +150,41 @@ def _read(row: Mapping[str, Any]) -> Any:
     return read_image(row["path"], pixel_size_a=float(row["pixel_size_a"])).data
 
 
-def run_ctf(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
-    """Fit the CTF of every micrograph."""
-    from cryoset.ctf.estimate import EstimateOptions, estimate_ctf
+def _acquisition(exp: Mapping[str, Any]) -> dict[str, float]:
+    p = exp["params"]
+    return {"pixel_size_a": float(p["pixel_size_a"]), "voltage_kv": float(p["voltage_kv"]),
+            "cs_mm": float(p["cs_mm"]), "amplitude_contrast": float(p["amplitude_contrast"])}
 
-    c = cfg["ctf"]
-    opts = EstimateOptions(tile_px=int(c["tile_px"]), min_resolution_a=c["min_resolution_a"],
-                           max_resolution_a=c["max_resolution_a"],
-                           defocus_min_a=c["defocus_min_a"], defocus_max_a=c["defocus_max_a"])
-    rows = []
-    for row in _rows(_micrographs(work)):
-        est = estimate_ctf(_read(row), float(row["pixel_size_a"]), voltage_kv=float(row["voltage_kv"]),
-                           cs_mm=float(row["cs_mm"]), amplitude_contrast=float(row["amplitude_contrast"]),
-                           options=opts)
-        rows.append({"micrograph": row["micrograph"], "defocus_u_a": est.params.defocus_u_a,
-                     "defocus_v_a": est.params.defocus_v_a,
-                     "defocus_angle_deg": est.params.defocus_angle_deg,
-                     "ctf_fit_resolution_a": est.fit_resolution_a,
-                     "ctf_figure_of_merit": est.figure_of_merit})
-    pd.DataFrame(rows).to_csv(out / "ctf.csv", index=False)
-    return {"defocus_mean_a": float(np.mean([(r["defocus_u_a"] + r["defocus_v_a"]) / 2 for r in rows]))}
+
+def _mic_paths(work: Path) -> list[Path]:
+    return [Path(p) for p in _micrographs(work)["path"]]
+
+
+def _config_path(cfg: Mapping[str, Any], value: Any) -> Path | None:
+    """A path of the configuration (relative to the configuration file), or None."""
+    if value is None:
+        return None
+    path = Path(str(value))
+    return path if path.is_absolute() else Path(cfg["base_dir"]) / path
+
+
+def ctf_params(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> Any:
+    """The :class:`cryoset.workflows.ctf.CtfParams` of an experiment (``ctf:`` + its optics)."""
+    from cryoset.workflows.ctf import CtfParams
+
+    optics: dict[str, Any] = _acquisition(exp)
+    return CtfParams(**cfg["ctf"], **optics, workers=1)
+
+
+def run_ctf(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
+    """Fit the CTF of every micrograph (:func:`cryoset.workflows.ctf.run_ctf`)."""
+    from cryoset.workflows.ctf import run_ctf as ctf_step
+
+    res = ctf_step(_mic_paths(work), out, ctf_params(exp, cfg), progress=False)
+    if res.failures:
+        name, reason = res.failures[0]
+        raise InputError(name, f"experiment {exp['id']}: CTF estimation failed ({reason})")
+    return {"defocus_mean_a": float(np.mean([(r["defocus_u_a"] + r["defocus_v_a"]) / 2 for r in res.records]))}
 
 
 def particle_diameter_a(work: Path, cfg: Mapping[str, Any]) -> float:
@@ -166,106 +195,161 @@ def particle_diameter_a(work: Path, cfg: Mapping[str, Any]) -> float:
     return float(info["diameter_a"])
 
 
-def run_pick(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
-    """Pick particles with the multi-scale blob picker."""
-    from cryoset.picking.blob import BlobSettings, pick_blobs
+def pick_params(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, **changes: Any) -> Any:
+    """The :class:`cryoset.workflows.pick.PickParams` of an experiment.
 
-    settings = BlobSettings(diameter_a=particle_diameter_a(work, cfg),
-                            threshold=cfg["pick"]["threshold"],
-                            min_distance_fraction=cfg["pick"]["min_distance_fraction"])
-    frames = [pick_blobs(_read(row), float(row["pixel_size_a"]), settings, micrograph=row["micrograph"])
-              for row in _rows(_micrographs(work))]
-    picks = pd.concat(frames, ignore_index=True)
-    picks.to_csv(out / "picks.csv", index=False)
-    return {"picks": len(picks)}
+    ``import_dir`` of ``pick.method: import`` is the experiment's ``import_dir``, else
+    ``pick.import_dir``, else (simulated) the simulation's true coordinates; the CTF STAR of
+    inspection is the ``ctf`` stage's.
+    """
+    from cryoset.workflows.pick import PickParams
+
+    c = dict(cfg["pick"])
+    import_dir = _config_path(cfg, exp["params"].get("import_dir") or c["import_dir"])
+    if c["method"] == "import" and import_dir is None and exp["kind"] == "simulated":
+        import_dir = work / "micrographs" / "coordinates"
+    c.update(diameter_a=particle_diameter_a(work, cfg), pixel_size_a=float(exp["params"]["pixel_size_a"]),
+             templates=_config_path(cfg, c["templates"]), import_dir=import_dir,
+             mask_dir=_config_path(cfg, c["mask_dir"]),
+             ctf=work / "ctf" / "micrographs_ctf.star" if c["max_ctf_resolution_a"] is not None else None)
+    c.update(changes)
+    return PickParams(**c)
+
+
+def extract_params(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, **changes: Any) -> Any:
+    """The :class:`cryoset.workflows.pick.ExtractParams` of an experiment.
+
+    The box defaults from the particle diameter; the CTF is the ``ctf`` stage's STAR (local
+    defocus from its surfaces); stacks are named relative to ``particles.star`` (the stage
+    directory is renamed into place after it is written).
+    """
+    from cryoset.workflows.pick import ExtractParams
+
+    return ExtractParams(**cfg["extract"], diameter_a=particle_diameter_a(work, cfg),
+                         pixel_size_a=float(exp["params"]["pixel_size_a"]),
+                         ctf=work / "ctf" / "micrographs_ctf.star", image_paths="star", **changes)
+
+
+def classify_params(cfg: Mapping[str, Any], work: Path) -> Any:
+    """The :class:`cryoset.workflows.classify2d.Classify2DParams` of the build (mask: the diameter)."""
+    from cryoset.workflows.classify2d import Classify2DParams
+
+    return Classify2DParams(**cfg["classify"], diameter_a=particle_diameter_a(work, cfg))
+
+
+def run_pick(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
+    """Pick, inspect and write coordinates (:func:`cryoset.workflows.pick.run_pick`).
+
+    ``pick.method: template`` without ``pick.templates`` picks with the good class averages of
+    a first pass (blob picks → extraction → one round of 2D classification, in ``out/bootstrap``).
+    """
+    from cryoset.workflows.pick import run_pick as pick_step
+
+    params = pick_params(exp, cfg, work)
+    if params.method == "template" and params.templates is None:
+        params = dataclasses.replace(params, templates=bootstrap_templates(exp, cfg, work, out / "bootstrap"),
+                                     template_pixel_size_a=None)
+    res = pick_step(_mic_paths(work), out / "coordinates", params, progress=False)
+    return {"picks": res.picks, "picks_rejected": res.rejected}
+
+
+def bootstrap_templates(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> Path:
+    """Templates from the first round's good class averages of a blob-picked pass; their path."""
+    from cryoset.io.mrc import read_stack, write_stack
+    from cryoset.workflows.classify2d import run_classify2d
+    from cryoset.workflows.pick import run_extract as extract_step
+    from cryoset.workflows.pick import run_pick as pick_step
+
+    mics = _mic_paths(work)
+    pick_step(mics, out / "coordinates", pick_params(exp, cfg, work, method="blob", templates=None,
+                                                     threshold=None), progress=False)
+    extract_step(mics, out / "coordinates", out / "particles", extract_params(exp, cfg, work),
+                 progress=False)
+    star = out / "particles" / "particles.star"
+    n = _count(star)
+    if n < 2:
+        raise InputError(exp["id"], "too few particles for template picking from class averages")
+    params = dataclasses.replace(classify_params(cfg, work), rounds=1)
+    run_classify2d(star, out / "classify", dataclasses.replace(params, n_classes=min(params.n_classes, n)),
+                   progress=False)
+    stats = pd.read_csv(out / "classify" / "classes.csv")
+    stack = read_stack(out / "classify" / "class_averages.mrcs")
+    good = stats["good"].astype(bool).to_numpy()
+    averages = np.asarray(stack.data[:], np.float32)[good if good.any() else slice(None)]
+    # templates are protein-bright; class averages of non-inverted dark particles are dark
+    sign = 1.0 if cfg["extract"]["invert"] != cfg["pick"]["light_particles"] else -1.0
+    path = out / "templates.mrcs"
+    write_stack(path, sign * averages, float(stack.pixel_size_a or 1.0))
+    return path
 
 
 def run_extract(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path
                 ) -> dict[str, Any]:
-    """Cut, phase-flip, down-sample, invert and normalise the picked particles."""
-    from cryoset.ctf.model import CTFParams
-    from cryoset.particles.extract import box_size_for_diameter, extract_particles
+    """Cut (phase-flip, down-sample, invert, normalise) the picked particles
+    (:func:`cryoset.workflows.pick.run_extract`)."""
+    from cryoset.workflows.pick import run_extract as extract_step
 
-    e = cfg["extract"]
-    mics = _micrographs(work)
-    ctf = pd.read_csv(work / "ctf" / "ctf.csv").set_index("micrograph")
-    picks = pd.read_csv(work / "pick" / "picks.csv")
-    diameter_a = particle_diameter_a(work, cfg)
-    stacks, tables = [], []
-    for row in _rows(mics):
-        px = float(row["pixel_size_a"])
-        box = int(e["box_px"]) if e["box_px"] is not None else box_size_for_diameter(diameter_a / px)
-        fit = ctf.loc[row["micrograph"]]
-        params = CTFParams(float(fit["defocus_u_a"]), float(fit["defocus_v_a"]),
-                           float(fit["defocus_angle_deg"]), float(row["voltage_kv"]), float(row["cs_mm"]),
-                           float(row["amplitude_contrast"]))
-        mine = picks[picks["micrograph"] == row["micrograph"]].reset_index(drop=True)
-        res = extract_particles(_read(row), mine[["micrograph", "x_px", "y_px", "score", "diameter_px"]],
-                                box, px, pixel_size_out_a=e["pixel_size_out_a"], invert=bool(e["invert"]),
-                                ctf=params, phase_flip_ctf=bool(e["phase_flip"]))
-        t = res.table
-        for col in ("defocus_u_a", "defocus_v_a", "defocus_angle_deg", "ctf_fit_resolution_a"):
-            t[col] = float(fit[col])
-        t["voltage_kv"] = float(row["voltage_kv"])
-        t["cs_mm"] = float(row["cs_mm"])
-        t["amplitude_contrast"] = float(row["amplitude_contrast"])
-        stacks.append(res.stack)
-        tables.append(t)
-    sizes = {s.shape[1:] for s in stacks if len(s)}
-    if len(sizes) > 1:
-        raise InputError(exp["id"], f"micrographs give different particle box sizes {sorted(sizes)}")
-    stack = np.concatenate(stacks) if stacks else np.zeros((0, 1, 1), np.float32)
-    table = pd.concat(tables, ignore_index=True)
-    table["image_index"] = np.arange(len(table), dtype=np.int64)
-    np.save(out / "particles.npy", stack.astype(np.float32))
-    table.to_parquet(out / "particles.parquet", index=False)
-    return {"particles": len(table)}
+    res = extract_step(_mic_paths(work), work / "pick" / "coordinates", out, extract_params(exp, cfg, work),
+                       progress=False)
+    return {"particles": res.particles}
 
 
 def run_classify(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path
                  ) -> dict[str, Any]:
-    """2D classification of the extracted particles."""
-    from cryoset.classify.em2d import ClassifySettings, classify_2d
+    """Rounds of 2D classification with junk rule and recovery
+    (:func:`cryoset.workflows.classify2d.run_classify2d`); classes capped at the particle count."""
+    from cryoset.workflows.classify2d import round_directories, run_classify2d
 
-    c = cfg["classify"]
-    stack = np.load(work / "extract" / "particles.npy")
-    table = pd.read_parquet(work / "extract" / "particles.parquet")
-    n = len(table)
-    if n == 0:
-        pd.DataFrame(columns=["class_number", "psi_deg", "shift_x_a", "shift_y_a", "max_prob",
-                              "ess", "eca"]).to_parquet(out / "classes.parquet", index=False)
-        np.save(out / "averages.npy", np.zeros((0, 1, 1), np.float32))
-        return {"classes": 0}
-    px_out = float(table["pixel_size_a"].iloc[0])
-    settings = ClassifySettings(
-        n_classes=min(int(c["n_classes"]), n), n_iter=int(c["n_iter"]),
-        psi_step_deg=float(c["psi_step_deg"]), offset_range_px=int(c["offset_range_px"]),
-        particle_diameter_px=min(particle_diameter_a(work, cfg) / px_out, 0.95 * stack.shape[1]),
-        seed=int(c["seed"]))
-    res = classify_2d(stack, settings)
-    classes = pd.DataFrame({
-        "class_number": (res.class_index + 1).astype(np.int32), "psi_deg": res.psi_deg,
-        "shift_x_a": res.shift_px[:, 0] * px_out, "shift_y_a": res.shift_px[:, 1] * px_out,
-        "max_prob": res.max_prob, "ess": res.ess, "eca": res.eca})
-    classes.to_parquet(out / "classes.parquet", index=False)
-    np.save(out / "averages.npy", res.averages.astype(np.float32))
-    return {"classes": int(settings.n_classes)}
+    star = work / "extract" / "particles.star"
+    params = classify_params(cfg, work)
+    run_classify2d(star, out, dataclasses.replace(params, n_classes=min(params.n_classes, _count(star))),
+                   progress=False)
+    return {"classify_rounds": len(round_directories(out)),
+            "classes": len(pd.read_csv(out / "classes.csv"))}
+
+
+def _count(star: Path) -> int:
+    from cryoset.io.particles import read_particles
+
+    return len(read_particles(star).table)
+
+
+def _round_dirs(work: Path) -> list[Path]:
+    from cryoset.workflows.classify2d import round_directories
+
+    return round_directories(work / "classify")
 
 
 _ANNOTATION_RENAMES = {"micrograph_pixel_size_a": "original_pixel_size_a"}
+#: Annotation columns of the store, in order (those the steps produced).
+_STORE_COLUMNS = (
+    "micrograph", "x_px", "y_px", "score", "ncc_score", "diameter_px", "pixel_size_a",
+    "micrograph_pixel_size_a", "image_size_px", "voltage_kv", "cs_mm", "amplitude_contrast",
+    "defocus_u_a", "defocus_v_a", "defocus_angle_deg", "phase_shift_deg", "ctf_phase_flipped",
+    "ctf_fit_resolution_a", "class_number", "psi_deg", "shift_x_a", "shift_y_a", "max_prob", "ess",
+    "eca", "class_resolution_a", "class_verdict", "recovered", "classify_rounds", "kept", "rejected_reason")
 
 
-def build_annotations(exp: Mapping[str, Any], work: Path) -> pd.DataFrame:
-    """The store annotation table of an experiment: picks, CTF and classification joined."""
-    table = pd.read_parquet(work / "extract" / "particles.parquet")
-    classes = pd.read_parquet(work / "classify" / "classes.parquet")
-    keep = ["micrograph", "x_px", "y_px", "score", "diameter_px", "pixel_size_a",
-            "micrograph_pixel_size_a", "voltage_kv", "cs_mm", "amplitude_contrast", "defocus_u_a",
-            "defocus_v_a", "defocus_angle_deg", "ctf_fit_resolution_a"]
-    keep += [c for c in ("ctf_phase_flipped",) if c in table.columns]  # |CTF| for flipped images
-    ann = table[keep].rename(columns=_ANNOTATION_RENAMES).reset_index(drop=True)
+def duplicate_distance_a(cfg: Mapping[str, Any], work: Path) -> float:
+    """``duplicates.min_distance_a``, else the particle diameter."""
+    d = cfg["duplicates"]["min_distance_a"]
+    return float(d) if d is not None else particle_diameter_a(work, cfg)
+
+
+def build_annotations(exp: Mapping[str, Any], work: Path, cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """The store annotation table of an experiment: every extracted particle (rejected ones
+    labelled), with picks, local CTF, classification and curation joined
+    (:func:`cryoset.workflows.curate.particle_annotations`, :func:`mark_duplicates`)."""
+    from cryoset.workflows.curate import mark_duplicates, particle_annotations
+
+    table = particle_annotations(work / "extract", _round_dirs(work), pick_dir=work / "pick" / "coordinates")
+    table = mark_duplicates(table, duplicate_distance_a(cfg, work))
+    fits = pd.read_csv(work / "ctf" / "ctf.csv")
+    res = dict(zip(fits["micrograph"].astype(str), fits["fit_resolution_a"].astype(float), strict=True))
+    table["ctf_fit_resolution_a"] = table["micrograph"].astype(str).map(res).astype(float)
+    ann = table[[c for c in _STORE_COLUMNS if c in table.columns]].rename(columns=_ANNOTATION_RENAMES)
+    ann = ann.reset_index(drop=True)
     ann["astigmatism_a"] = (ann["defocus_u_a"] - ann["defocus_v_a"]).abs()
-    ann = pd.concat([ann, classes.reset_index(drop=True)], axis=1)
     ann["source_kind"] = exp["kind"]
     return ann
 
@@ -288,18 +372,21 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
         (out / "summary.json").write_text(json.dumps({"particles": n, "recovered": True}))
         return {"stored": n}
     # (stale hidden writes of this experiment are removed by add_experiment, under the store's lock)
-    stack = np.load(work / "extract" / "particles.npy", mmap_mode="r")
-    ann = build_annotations(exp, work)
+    from cryoset.workflows.particle_images import load_star
+
+    ann = build_annotations(exp, work, cfg)
+    stack = load_star(work / "extract" / "particles.star").images
     if len(ann) == 0:
         (out / "summary.json").write_text(json.dumps({"particles": 0}))
         return {"stored": 0}
+    ann.to_parquet(out / "annotations.parquet", index=False)
     record = make_provenance("build", {"experiment": dict(exp), "build_hash": build_hash},
-                             inputs=[work / "extract" / "particles.npy"])
+                             inputs=[work / "extract" / "particles.star"])
     block = 1024
     n = store.add_experiment(eid, (np.asarray(stack[i:i + block]) for i in range(0, len(stack), block)),
                              ann, provenance=record)
-    (out / "summary.json").write_text(json.dumps({"particles": n}))
-    return {"stored": n}
+    (out / "summary.json").write_text(json.dumps({"particles": n, "kept": int(ann["kept"].sum())}))
+    return {"stored": n, "kept": int(ann["kept"].sum())}
 
 
 def run_report(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path,
@@ -315,21 +402,29 @@ def run_report(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: 
     rep.mapping({"experiment": exp["id"], "source": exp["kind"], **dict(summary)})
     rep.heading("CTF per micrograph")
     rep.table(pd.read_csv(work / "ctf" / "ctf.csv"))
-    classes = pd.read_parquet(work / "classify" / "classes.parquet")
-    if len(classes):
-        rep.heading("2D classes")
-        counts = classes.groupby("class_number").agg(particles=("max_prob", "size"),
-                                                     mean_max_prob=("max_prob", "mean"))
-        rep.table(counts.reset_index())
-        avgs = np.load(work / "classify" / "averages.npy")
+    ann = pd.read_parquet(work / "store" / "annotations.parquet") if (
+        work / "store" / "annotations.parquet").is_file() else None
+    if ann is not None and len(ann):
+        rep.heading("Curation")
+        reasons = ann["rejected_reason"].replace("", "kept").value_counts()
+        rep.table(reasons.rename_axis("outcome").reset_index(name="particles"))
+    from cryoset.io.mrc import read_stack
+
+    for d in _round_dirs(work):
+        stats = pd.read_csv(d / "classes.csv")
+        label = "round 1" if d.name == "classify" else d.name.replace("round", "round ")
+        rep.heading(f"2D classes, {label}")
+        rep.table(stats)
+        avgs = np.asarray(read_stack(d / "class_averages.mrcs").data[:], np.float32)
         tiles = []
         for a in avgs:
             lo, hi = np.percentile(a, [1, 99])
             tiles.append(np.clip((a - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8))
         montage = np.concatenate(tiles, axis=1)
+        name = "averages.png" if d.name == "classify" else f"averages_{d.name}.png"
         Image.fromarray(montage).resize((montage.shape[1] * 4, montage.shape[0] * 4),
-                                        Image.Resampling.NEAREST).save(out / "averages.png")
-        rep.figure(out / "averages.png", "class averages, class 1 on the left", relative_to=out)
+                                        Image.Resampling.NEAREST).save(out / name)
+        rep.figure(out / name, f"class averages of {label}, class 1 on the left", relative_to=out)
     rep.provenance(make_provenance("build report", {"experiment": dict(exp)}))
     rep.write(out / "report.html")
     return {}

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cryoset.fourier.shells import shell_count, shell_index, shell_sum
+
 
 class CorrelationCurve(NamedTuple):
     """An FRC/FSC curve.
@@ -50,17 +52,12 @@ def _shell_correlation(a: ArrayLike, b: ArrayLike, ndim: int, pixel_size_a: floa
     n = x.shape[0]
     fx = np.fft.fftn(x)
     fy = np.fft.fftn(y)
-    k = np.fft.fftfreq(n) * n
-    grids = np.meshgrid(*([k] * ndim), indexing="ij", sparse=True)
-    radius = np.sqrt(sum(g * g for g in grids))
-    shell = np.rint(radius).astype(np.int64).ravel()
+    shell = shell_index(n, ndim, half=False)
     nshell = n // 2 + 1
-    keep = shell < nshell
-    shell = shell[keep]
-    cross = np.bincount(shell, (fx * np.conj(fy)).real.ravel()[keep], minlength=nshell)
-    px = np.bincount(shell, (np.abs(fx) ** 2).ravel()[keep], minlength=nshell)
-    py = np.bincount(shell, (np.abs(fy) ** 2).ravel()[keep], minlength=nshell)
-    count = np.bincount(shell, minlength=nshell).astype(np.int64)
+    cross = shell_sum((fx * np.conj(fy)).real, shell, nshell)
+    px = shell_sum(np.abs(fx) ** 2, shell, nshell)
+    py = shell_sum(np.abs(fy) ** 2, shell, nshell)
+    count = shell_count(shell, nshell)
     denom = np.sqrt(px * py)
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), np.nan)

@@ -50,66 +50,23 @@ split; the gold-standard FSC between them gives the resolution at 0.143.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 import scipy.fft
 from numpy.typing import NDArray
 
+from cryoset.fourier.shells import shell_count, shell_index, shell_sum
+from cryoset.fourier.slices import insert_slices_trilinear
 from cryoset.recon.fsc import CorrelationCurve, fourier_shell_correlation, resolution_at
-from cryoset.simulate.projection import signed_frequency, slice_axes, slice_frequency
 
 #: Images per batch when transforming and inserting (bounds memory).
 _BATCH = 64
 
 #: Raised-cosine edge (voxels) of the mask outside the inscribed sphere (gridding correction).
 SPHERE_EDGE_PX = 3.0
-
-
-@numba.njit(cache=True)
-def _insert(slices: NDArray[np.complex64], ctf2: NDArray[np.float32], rots: NDArray[np.float64],
-            data: NDArray[np.complex128], weight: NDArray[np.float64]) -> None:  # pragma: no cover
-    n_pad = data.shape[0]
-    nxh = data.shape[2]
-    s2d = slices.shape[1]
-    scale = n_pad / s2d
-    rmax = (n_pad // 2 - 1) / scale
-    rmax2 = rmax * rmax
-    for m in range(rots.shape[0]):
-        axes = slice_axes(rots, m, scale)
-        for iy in range(s2d):
-            ky = signed_frequency(iy, s2d)
-            for ix in range(slices.shape[2]):
-                kx = ix
-                if kx * kx + ky * ky > rmax2:
-                    continue
-                c2 = ctf2[m, iy, ix]
-                val = slices[m, iy, ix]
-                fx, fy, fz, conj = slice_frequency(axes, kx, ky)
-                if conj:
-                    val = np.conj(val)
-                x0 = math.floor(fx)
-                y0 = math.floor(fy)
-                z0 = math.floor(fz)
-                wx1, wy1, wz1 = fx - x0, fy - y0, fz - z0
-                for dz in range(2):
-                    wz = wz1 if dz else 1.0 - wz1
-                    zi = (z0 + dz) % n_pad
-                    for dy in range(2):
-                        wy = wy1 if dy else 1.0 - wy1
-                        yi = (y0 + dy) % n_pad
-                        for dx in range(2):
-                            wx = wx1 if dx else 1.0 - wx1
-                            xi = x0 + dx
-                            if xi >= nxh:
-                                continue
-                            w = wx * wy * wz
-                            data[zi, yi, xi] += w * val
-                            weight[zi, yi, xi] += w * c2
 
 
 @dataclass
@@ -246,18 +203,11 @@ def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.floa
             ctf2 = (ctf * ctf).astype(np.float32)
         for op in ops:
             rots = np.ascontiguousarray(rotations[idx] @ op)
-            _insert(spec, ctf2, rots, acc.data, acc.weight)
+            insert_slices_trilinear(spec, ctf2, rots, acc.data, acc.weight)
         acc.n_images += idx.size * ops.shape[0]
         if progress is not None:
             progress(int(idx[-1]) + 1)
     return acc
-
-
-def _shell_index(n_pad: int) -> NDArray[np.int64]:
-    kz = np.fft.fftfreq(n_pad) * n_pad
-    kx = np.arange(n_pad // 2 + 1)
-    r = np.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    return np.rint(r).astype(np.int64)
 
 
 def _hermitian_plane(acc: FourierAccumulator) -> tuple[NDArray[np.complex128], NDArray[np.float64]]:
@@ -282,11 +232,10 @@ def shell_regulariser(half1: FourierAccumulator, half2: FourierAccumulator,
     ``i / b``); padded shell ``j`` maps to cropped shell ``j · b / N``.
     """
     n_pad = half1.n_pad
-    shells = _shell_index(n_pad)
+    shells = shell_index(n_pad, 3)
     nshell = n_pad // 2 + 1
-    keep = shells < nshell
-    wsum = np.bincount(shells[keep], (0.5 * (half1.weight + half2.weight))[keep], minlength=nshell)
-    count = np.bincount(shells[keep], minlength=nshell)
+    wsum = shell_sum(0.5 * (half1.weight + half2.weight), shells, nshell)
+    count = shell_count(shells, nshell)
     wmean = wsum / np.maximum(count, 1)
     f = np.nan_to_num(np.asarray(fsc, np.float64), nan=0.0)
     cropped = np.arange(nshell) * half1.box / n_pad
@@ -380,7 +329,7 @@ def _inverse(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) 
     """``irfftn(D / (W + reg))`` cropped to ``b³``, uncorrected."""
     data, weight = _hermitian_plane(acc)
     n_pad = acc.n_pad
-    shells = _shell_index(n_pad)
+    shells = shell_index(n_pad, 3)
     reg_arr = np.asarray(regulariser, np.float64)
     if reg_arr.ndim == 0:
         reg = np.full(weight.shape, float(reg_arr))

@@ -10,6 +10,7 @@ Physics API (see docs/simulate-physics.md):
 * :mod:`cryoset.simulate.density` — :func:`simulate_map` at a target resolution.
 """
 
+from cryoset.fourier.slices import central_slice_coordinates
 from cryoset.simulate.density import simulate_map, write_simulated_map
 from cryoset.simulate.potential import (
     center_of_mass,
@@ -19,7 +20,6 @@ from cryoset.simulate.potential import (
 )
 from cryoset.simulate.projection import (
     FourierVolume,
-    central_slice_coordinates,
     fourier_volume,
     project_fourier,
     project_real,

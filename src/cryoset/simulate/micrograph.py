@@ -207,6 +207,12 @@ class MicrographSettings:
             raise InputError("defocus-range", f"need 0 <= min <= max, got {lo}, {hi}")
         if not self.dose_e_per_a2 > 0:
             raise InputError("dose", f"must be > 0, got {self.dose_e_per_a2}")
+        if not 0 < self.voltage_kv < float("inf"):
+            raise InputError("--voltage-kv", f"must be a positive number of kV, got {self.voltage_kv}")
+        if not 0 <= self.cs_mm < float("inf"):
+            raise InputError("--cs-mm", f"must be >= 0 mm, got {self.cs_mm}")
+        if not 0 <= self.amplitude_contrast < 1:
+            raise InputError("--amplitude-contrast", f"must be in [0, 1), got {self.amplitude_contrast}")
         if not 0 <= self.carbon_fraction < 0.9:
             raise InputError("carbon-fraction", f"must be in [0, 0.9), got {self.carbon_fraction}")
         if self.ice_thickness_a < 0:
@@ -749,15 +755,6 @@ def simulate_micrograph(atoms: AtomSet, settings: MicrographSettings, seed: int,
 
 # --- output ------------------------------------------------------------------------------
 
-#: Truth columns of a coordinate STAR file, canonical name → RELION label.
-_COORD_LABELS: tuple[tuple[str, str], ...] = (
-    ("x_px", "rlnCoordinateX"), ("y_px", "rlnCoordinateY"),
-    ("rot_deg", "rlnAngleRot"), ("tilt_deg", "rlnAngleTilt"), ("psi_deg", "rlnAnglePsi"),
-    ("defocus_u_a", "rlnDefocusU"), ("defocus_v_a", "rlnDefocusV"),
-    ("defocus_angle_deg", "rlnDefocusAngle"),
-)
-
-
 def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
                          settings: MicrographSettings, *,
                          provenance: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -779,7 +776,9 @@ def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
     dict
         Counts and paths (relative to ``out_dir``), JSON-serialisable.
     """
+    from cryoset.io.micrograph_star import write_micrograph_star
     from cryoset.io.mrc import write_stack
+    from cryoset.io.relion_labels import TRUTH_COORDINATE_LABELS
     from cryoset.io.star import write_star
 
     comment = None
@@ -796,32 +795,27 @@ def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
     for mic in micrographs:
         name = mic.name
         write_stack(out_dir / "micrographs" / name, mic.image, settings.pixel_size_a)
-        coords = pd.DataFrame({label: mic.picks[col].to_numpy() for col, label in _COORD_LABELS})
+        coords = pd.DataFrame({label: mic.picks[col].to_numpy() for col, label in TRUTH_COORDINATE_LABELS})
         write_star(out_dir / "coords" / (Path(name).stem + ".star"), {"": coords}, comment=comment)
         reject = (mic.carbon_mask | mic.contamination_mask).astype(np.uint8) * 255
         with atomic_path(out_dir / "masks" / (Path(name).stem + ".png")) as tmp:
             Image.fromarray(reject).save(tmp, format="PNG")
         c = mic.ctf
         rows.append({
-            "rlnMicrographName": f"micrographs/{name}",
-            "rlnOpticsGroup": 1,
-            "rlnDefocusU": c.defocus_u_a,
-            "rlnDefocusV": c.defocus_v_a,
-            "rlnCtfAstigmatism": c.astigmatism_a,
-            "rlnDefocusAngle": c.defocus_angle_deg,
-            "rlnPhaseShift": c.phase_shift_deg,
+            "micrograph": f"micrographs/{name}",
+            "defocus_u_a": c.defocus_u_a,
+            "defocus_v_a": c.defocus_v_a,
+            "ctf_astigmatism_a": c.astigmatism_a,
+            "defocus_angle_deg": c.defocus_angle_deg,
+            "phase_shift_deg": c.phase_shift_deg,
         })
-    optics = pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnOpticsGroup": [1],
-        "rlnMicrographPixelSize": [settings.pixel_size_a],
-        "rlnVoltage": [settings.voltage_kv],
-        "rlnSphericalAberration": [settings.cs_mm],
-        "rlnAmplitudeContrast": [settings.amplitude_contrast],
-    })
-    write_star(out_dir / "micrographs_ctf.star",
-               {"optics": optics, "micrographs": pd.DataFrame(rows)}, comment=comment,
-               version=30001)
+    ctf_table = pd.DataFrame(rows, columns=["micrograph", "defocus_u_a", "defocus_v_a", "ctf_astigmatism_a",
+                                            "defocus_angle_deg", "phase_shift_deg"])
+    ctf_table["pixel_size_a"] = settings.pixel_size_a
+    ctf_table["voltage_kv"] = settings.voltage_kv
+    ctf_table["cs_mm"] = settings.cs_mm
+    ctf_table["amplitude_contrast"] = settings.amplitude_contrast
+    write_micrograph_star(out_dir / "micrographs_ctf.star", ctf_table, comment=comment)
     picks = pd.concat([m.picks for m in micrographs], ignore_index=True) if micrographs else \
         pd.DataFrame(columns=["micrograph", "x_px", "y_px", "score", "diameter_px"])
     with atomic_path(out_dir / "truth_picks.csv") as tmp:

@@ -101,7 +101,8 @@ def import_relion(star_path: str | os.PathLike[str], store: ParticleStore, exper
     ``replace`` swaps an experiment already stored under that id (see
     :meth:`ParticleStore.add_experiment`); without it an existing id is an InputError.
 
-    Refused before anything is written (:class:`InputError`): a pixel size that is not positive,
+    Refused before anything is written (:class:`InputError`): a pixel size that is not positive (or NaN),
+    a voltage, Cs or amplitude contrast the CTF model refuses,
     an image index outside its stack, an image size (``rlnImageSize``) that contradicts the
     stack; while the images are copied (the experiment then never appears): NaN or infinite
     pixels.
@@ -123,10 +124,18 @@ def import_relion(star_path: str | os.PathLike[str], store: ParticleStore, exper
     # everything that can be checked without reading the images is checked before writing
     if "pixel_size_a" in table.columns:
         pixel = pd.to_numeric(table["pixel_size_a"], errors="coerce").to_numpy(np.float64)
-        bad = (pixel <= 0) | np.isinf(pixel)
+        bad = ~(pixel > 0) | np.isinf(pixel)  # NaN too: a STAR that says nan has no pixel size
         if bad.any():
             raise InputError(star, f"the pixel size of {int(bad.sum())} particles is not a positive "
                              f"number (first: {pixel[np.argmax(bad)]:g} Å)")
+    for column, low, high, what in (("voltage_kv", 0.0, np.inf, "> 0 kV"), ("cs_mm", -np.inf, np.inf, ">= 0 mm"),
+                                    ("amplitude_contrast", -np.inf, 1.0, "in [0, 1)")):
+        if column in table.columns:  # NaN (not given) is kept; a value the CTF model refuses is not
+            v = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+            bad = ~np.isnan(v) & ~((v > low) & (v < high) & (v >= 0))
+            if bad.any():
+                raise InputError(star, f"{column} must be {what} but is {v[np.argmax(bad)]:g} for "
+                                 f"{int(bad.sum())} particles")
     for key, rows in table.groupby(table["image_path"].astype(str), sort=False):
         paths[key] = resolve(key)
         stacks[key] = read_stack(paths[key], permissive=True)

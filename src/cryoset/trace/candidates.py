@@ -51,6 +51,7 @@ def extract_candidates(
     origin_a: tuple[float, float, float] = (0.0, 0.0, 0.0),
     threshold: float = 0.5,
     min_distance_a: float = 2.0,
+    local_maxima: bool = True,
 ) -> Candidates:
     """Pick Cα candidates from probability maps.
 
@@ -67,6 +68,10 @@ def extract_candidates(
         Minimum Cα probability of a peak.
     min_distance_a
         Minimum distance between two accepted candidates, Å.
+    local_maxima
+        True: only voxels that are the maximum of their 3×3×3 neighbourhood are candidates.
+        False: every voxel above ``threshold`` is, so a broad blob covering two Cα yields two
+        candidates once they are ``min_distance_a`` apart (greedy suppression).
 
     Returns
     -------
@@ -84,8 +89,11 @@ def extract_candidates(
     voxel = np.asarray(voxel_size_a, dtype=np.float64)
     origin = np.asarray(origin_a, dtype=np.float64)
 
-    local_max = ndimage.maximum_filter(ca, size=3, mode="constant", cval=-np.inf)
-    peaks = np.argwhere((ca >= threshold) & (ca == local_max))
+    if local_maxima:
+        local_max = ndimage.maximum_filter(ca, size=3, mode="constant", cval=-np.inf)
+        peaks = np.argwhere((ca >= threshold) & (ca == local_max))
+    else:  # every voxel above the threshold competes in the suppression below
+        peaks = np.argwhere(ca >= threshold)
     if peaks.shape[0] == 0:
         return Candidates(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 20)))
     values = ca[tuple(peaks.T)].astype(np.float64)

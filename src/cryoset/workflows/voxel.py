@@ -33,6 +33,10 @@ from cryoset.provenance import make_provenance
 __all__ = ["DEFAULT_CHECKPOINT", "model_build", "predict_map", "resolve_checkpoint"]
 
 PathLike = str | os.PathLike[str]
+#: The lowest Cα threshold ``model-build`` relaxes to when candidates are fewer than residues.
+MIN_CA_THRESHOLD = 0.01
+#: Suppression distance of the greedy candidate search (Å), used when local maxima are too few.
+GREEDY_DISTANCE_A = 2.0
 #: The checkpoint shipped inside the package (trained by ``benchmarks/train_voxel_default.sh``).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "models" / "voxelnet_unet.safetensors"
 
@@ -122,7 +126,7 @@ def model_build(
     *,
     checkpoint: PathLike | None = None,
     prediction_dir: PathLike | None = None,
-    threshold: float = 0.4,
+    threshold: float | None = None,
     min_distance_a: float = 2.0,
     reference: PathLike | None = None,
     batch_size: int = 8,
@@ -139,7 +143,12 @@ def model_build(
     prediction_dir
         Where the predictions go (default: ``<out stem>_prediction`` beside the model).
     threshold, min_distance_a
-        Cα candidates: minimum Cα probability (Cryo2Struct: 0.4) and suppression distance.
+        Cα candidates: minimum Cα probability (default: the threshold stored with the weights,
+        chosen on validation maps when they were trained; else Cryo2Struct's 0.4) and the
+        suppression distance. When fewer candidates than residues pass, the threshold is halved
+        until enough do (not below :data:`MIN_CA_THRESHOLD`); if local maxima are still too few
+        (broad Cα blobs), every voxel above the threshold competes in a greedy suppression at
+        :data:`GREEDY_DISTANCE_A`. The result reports the threshold and the peak rule used.
     reference
         A deposited model: the result is compared with it (RMSD, % matched within 3 Å, identity).
     """
@@ -153,6 +162,10 @@ def model_build(
     sequences = [s for _, s in read_fasta(sequence_path)]
     if not sequences:
         raise InputError(sequence_path, "holds no sequence")
+    from cryoset.learn.voxel_train import voxel_net_threshold
+
+    if threshold is None:
+        threshold = voxel_net_threshold(resolve_checkpoint(checkpoint))
     if not 0 < threshold < 1 or min_distance_a < 0:
         raise InputError("--threshold", "the threshold must lie in (0, 1) and the distance be ≥ 0")
     pred_dir = Path(prediction_dir) if prediction_dir is not None else out.with_name(out.stem + "_prediction")
@@ -162,18 +175,39 @@ def model_build(
         raise InputError(summary["checkpoint"], "model-build needs a network with backbone and amino heads")
     ca = read_map(pred_dir / "ca_prob.mrc")
     aa = np.load(pred_dir / "aa_prob.npy", allow_pickle=False)
-    cands = extract_candidates(ca.data, aa, voxel_size_a=ca.voxel_size_a, origin_a=ca.origin_a,
-                               threshold=threshold, min_distance_a=min_distance_a)
     n_res = sum(len(s) for s in sequences)
+    requested = threshold
+    # The HMM needs at least one candidate per residue: halve the threshold until there are
+    # enough (down to MIN_CA_THRESHOLD), and report the threshold used.
+    # Local maxima first; if they are too few (broad Cα blobs), greedy suppression at
+    # GREEDY_DISTANCE_A (Cα atoms are ≥ 3.8 Å apart along a chain).
+    peaks = "local maxima"
+    while True:
+        cands = extract_candidates(ca.data, aa, voxel_size_a=ca.voxel_size_a, origin_a=ca.origin_a,
+                                   threshold=threshold, min_distance_a=min_distance_a)
+        if len(cands) >= n_res or threshold / 2 < MIN_CA_THRESHOLD:
+            break
+        threshold /= 2
     if len(cands) < n_res:
-        raise InputError(map_path, f"only {len(cands)} Cα candidates above {threshold} for {n_res} residues "
-                                   "(lower --threshold, or the map is not of this sequence)")
+        peaks, threshold = "greedy", requested
+        while True:
+            cands = extract_candidates(ca.data, aa, voxel_size_a=ca.voxel_size_a, origin_a=ca.origin_a,
+                                       threshold=threshold, min_distance_a=max(min_distance_a, GREEDY_DISTANCE_A),
+                                       local_maxima=False)
+            if len(cands) >= n_res or threshold / 2 < MIN_CA_THRESHOLD:
+                break
+            threshold /= 2
+    if len(cands) < n_res:
+        raise InputError(map_path, f"only {len(cands)} Cα candidates above {threshold:.3g} for {n_res} residues "
+                                   "(the map is not of this sequence, or is too small for it)")
     chains, _ = trace_backbone(cands, sequences)
     prov = make_provenance("model-build", {"checkpoint": summary["checkpoint"], "threshold": threshold,
                                            "min_distance_a": min_distance_a},
                            [map_path, sequence_path], argv=argv)
     write_traced_model(out, chains, kind, provenance=prov)
     result: dict[str, Any] = {"model": str(out), "prediction_dir": str(pred_dir), "candidates": len(cands),
+                              "threshold": threshold, "threshold_requested": requested,
+                              "candidate_peaks": peaks,
                               "residues": n_res, "chains": len(chains)}
     if reference is not None:
         result["comparison"] = compare_with_reference(out, reference)

@@ -1,0 +1,147 @@
+"""The picker interface: prepare the micrograph → score map → peaks → picks, and the registry.
+
+Every picker (:mod:`~cryoset.picking.blob`, :mod:`~cryoset.picking.template`,
+:mod:`~cryoset.picking.imported`, and any new one) is a subclass of :class:`Picker` in its
+own file under ``picking/``, registered by name with :func:`register_picker`; a new picker
+is that one file (:func:`available_pickers` imports every module of the package). The four
+steps are separate methods so that a caller can inspect the score map or the raw peaks;
+:meth:`Picker.pick` runs them in order.
+
+>>> sorted(available_pickers())
+['blob', 'import', 'template']
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "Peaks",
+    "Picker",
+    "PreparedMicrograph",
+    "ScoreMap",
+    "available_pickers",
+    "register_picker",
+]
+
+
+@dataclass(frozen=True)
+class PreparedMicrograph:
+    """A micrograph made ready for scoring.
+
+    Attributes
+    ----------
+    image : ndarray, float32, shape (ny, nx)
+        The micrograph as given.
+    work : ndarray, float32, shape (my, mx)
+        The down-sampled, normalised working image (protein bright).
+    factor
+        Down-sampling factor: working pixel = ``factor`` micrograph pixels.
+    pixel_size_a
+        Micrograph pixel size (Å).
+    diameter_px
+        Particle diameter in micrograph pixels.
+    """
+
+    image: NDArray[np.float32]
+    work: NDArray[np.float32]
+    factor: float
+    pixel_size_a: float
+    diameter_px: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of the micrograph."""
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    @property
+    def diameter_work_px(self) -> float:
+        """Particle diameter in working pixels."""
+        return self.diameter_px / self.factor
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """The score of every working pixel (None for pickers that score given positions only).
+
+    ``extra`` holds per-pixel maps a picker's :meth:`Picker.picks` needs (e.g. the best
+    template of every pixel).
+    """
+
+    values: NDArray[np.floating] | None
+    extra: dict[str, NDArray[np.generic]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Candidate particles: centres in micrograph pixels ``xy`` (x, y), their score
+    ``values``, the same centres in working pixels ``xy_work``, and for pickers that start
+    from a table its kept ``rows``."""
+
+    xy: NDArray[np.float64]
+    values: NDArray[np.floating]
+    xy_work: NDArray[np.float64]
+    rows: pd.DataFrame | None = None
+
+
+class Picker(ABC):
+    """One particle picker: four steps from a micrograph to a canonical picks table."""
+
+    #: The name it is registered (and chosen on the command line) under.
+    name: ClassVar[str]
+
+    @abstractmethod
+    def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
+        """Check the inputs and make the working image."""
+
+    @abstractmethod
+    def score_map(self, micrograph: PreparedMicrograph) -> ScoreMap:
+        """Score every working pixel."""
+
+    @abstractmethod
+    def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
+        """Candidate positions: local maxima of the score map (or given positions)."""
+
+    @abstractmethod
+    def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
+        """The canonical picks table (``micrograph, x_px, y_px, score, diameter_px`` + extras)."""
+
+    def pick(self, image: ArrayLike, pixel_size_a: float, *, micrograph: str = "micrograph") -> pd.DataFrame:
+        """Run the four steps on one micrograph."""
+        prepared = self.prepare(image, pixel_size_a)
+        score = self.score_map(prepared)
+        return self.picks(prepared, score, self.peaks(prepared, score), micrograph)
+
+
+_REGISTRY: dict[str, type[Picker]] = {}
+P = TypeVar("P", bound=type[Picker])
+
+
+def register_picker(name: str) -> Callable[[P], P]:
+    """Class decorator: register a :class:`Picker` subclass under ``name``."""
+
+    def decorate(cls: P) -> P:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"picker {name!r} is already registered ({_REGISTRY[name].__qualname__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_pickers() -> dict[str, type[Picker]]:
+    """Every registered picker by name (imports every module of :mod:`cryoset.picking`)."""
+    package = importlib.import_module("cryoset.picking")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"cryoset.picking.{info.name}")
+    return dict(_REGISTRY)
