@@ -38,9 +38,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cryoset.errors import InputError
+
 __all__ = [
     "CTFParams",
     "amplitude_contrast_phase_rad",
+    "check_optics",
     "ctf_1d",
     "ctf_2d",
     "ctf_2d_batch",
@@ -54,6 +57,16 @@ _PLANCK_J_S = 6.62607015e-34
 _ELECTRON_MASS_KG = 9.1093837015e-31
 _ELEMENTARY_CHARGE_C = 1.602176634e-19
 _SPEED_OF_LIGHT_M_S = 299792458.0
+
+
+def check_optics(voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> None:
+    """Refuse impossible microscope optics with one :class:`InputError` line naming the option."""
+    if not 0 < voltage_kv < float("inf"):
+        raise InputError("--voltage-kv", f"must be a positive number of kV, got {voltage_kv}")
+    if not 0 <= cs_mm < float("inf"):
+        raise InputError("--cs-mm", f"must be >= 0 mm, got {cs_mm}")
+    if not 0 <= amplitude_contrast < 1:
+        raise InputError("--amplitude-contrast", f"must be in [0, 1), got {amplitude_contrast}")
 
 
 def electron_wavelength_a(voltage_kv: float) -> float:

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from cryoset.learn.checkpoint import (
     save_training_checkpoint,
     write_weights,
 )
-from cryoset.learn.voxelnet import HEADS, VoxelNetConfig, build_voxel_net
+from cryoset.learn.voxelnet import HEADS, VoxelNetConfig, build_voxel_net, settings_from_mapping
 
 __all__ = [
     "KIND",
@@ -128,15 +128,8 @@ class TrainVoxelSettings:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str | os.PathLike[str] | None = None
                      ) -> TrainVoxelSettings:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(source, f"unknown training setting(s) {', '.join(unknown)} "
-                                     f"(known: {', '.join(sorted(names))})")
-        try:
-            return cls(**dict(data))
-        except (TypeError, ValueError) as exc:
-            raise InputError(source, f"bad training settings: {exc}") from None
+        """Build from the ``train:`` mapping; unknown keys and bad values → :class:`InputError`."""
+        return settings_from_mapping(cls, data, source, "training")
 
 
 # ----------------------------------------------------------------------------------------------

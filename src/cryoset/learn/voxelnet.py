@@ -35,7 +35,7 @@ import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ __all__ = [
     "published_key_map",
 ]
 
+_T = TypeVar("_T")
 #: Head name → number of classes (label codes of :mod:`cryoset.maps.labels`, 0 = none).
 HEADS: Mapping[str, int] = {"backbone": 4, "amino": 21, "secondary": 4}
 _ARCHS = ("unet", "unetr")
@@ -125,21 +126,7 @@ class VoxelNetConfig:
     def from_mapping(cls, data: Mapping[str, Any], source: str | os.PathLike[str] | None = None
                      ) -> VoxelNetConfig:
         """Build from a mapping (JSON/YAML); unknown keys and bad values → :class:`InputError`."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(source, f"unknown model setting(s) {', '.join(unknown)} "
-                                     f"(known: {', '.join(sorted(names))})")
-        values = dict(data)
-        for key in ("heads", "extract_layers"):
-            if key in values:
-                if not isinstance(values[key], (list, tuple)):
-                    raise InputError(source, f"model setting {key} must be a list")
-                values[key] = tuple(values[key])
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            raise InputError(source, f"bad model settings: {exc}") from None
+        return settings_from_mapping(cls, data, source, "model", tuples=("heads", "extract_layers"))
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> VoxelNetConfig:
@@ -152,6 +139,29 @@ class VoxelNetConfig:
         if not isinstance(data, dict):
             raise InputError(p, "the model configuration must be a JSON object")
         return cls.from_mapping(data, p)
+
+
+def settings_from_mapping(cls: type[_T], data: Mapping[str, Any], source: str | os.PathLike[str] | None,
+                          what: str, *, tuples: tuple[str, ...] = ()) -> _T:
+    """A settings dataclass from a YAML/JSON mapping; unknown keys and bad values → one InputError line.
+
+    ``tuples`` names fields given as lists that the dataclass holds as tuples.
+    """
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        raise InputError(source, f"unknown {what} setting(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(names))})")
+    values = dict(data)
+    for key in tuples:
+        if key in values:
+            if not isinstance(values[key], (list, tuple)):
+                raise InputError(source, f"{what} setting {key} must be a list")
+            values[key] = tuple(values[key])
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(source, f"bad {what} settings: {exc}") from None
 
 
 def _n_classes(heads: Sequence[str]) -> dict[str, int]:

@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from cryoset.ctf.model import (
     CTFParams,
     amplitude_contrast_phase_rad,
+    check_optics,
     electron_wavelength_a,
 )
 from cryoset.errors import InputError
@@ -207,12 +208,7 @@ class MicrographSettings:
             raise InputError("defocus-range", f"need 0 <= min <= max, got {lo}, {hi}")
         if not self.dose_e_per_a2 > 0:
             raise InputError("dose", f"must be > 0, got {self.dose_e_per_a2}")
-        if not 0 < self.voltage_kv < float("inf"):
-            raise InputError("--voltage-kv", f"must be a positive number of kV, got {self.voltage_kv}")
-        if not 0 <= self.cs_mm < float("inf"):
-            raise InputError("--cs-mm", f"must be >= 0 mm, got {self.cs_mm}")
-        if not 0 <= self.amplitude_contrast < 1:
-            raise InputError("--amplitude-contrast", f"must be in [0, 1), got {self.amplitude_contrast}")
+        check_optics(self.voltage_kv, self.cs_mm, self.amplitude_contrast)
         if not 0 <= self.carbon_fraction < 0.9:
             raise InputError("carbon-fraction", f"must be in [0, 0.9), got {self.carbon_fraction}")
         if self.ice_thickness_a < 0:

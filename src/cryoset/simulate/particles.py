@@ -31,7 +31,7 @@ import pandas as pd
 import scipy.fft
 from numpy.typing import NDArray
 
-from cryoset.ctf.model import CTFParams, ctf_2d
+from cryoset.ctf.model import CTFParams, check_optics, ctf_2d
 from cryoset.errors import InputError
 from cryoset.geometry import matrix_to_euler, random_rotations
 from cryoset.simulate import noise
@@ -91,12 +91,7 @@ class ParticleSettings:
             raise InputError("pixel-size", f"must be > 0, got {self.pixel_size_a}")
         if not self.snr > 0:
             raise InputError("snr", f"must be > 0, got {self.snr}")
-        if not 0 < self.voltage_kv < float("inf"):
-            raise InputError("--voltage-kv", f"must be a positive number of kV, got {self.voltage_kv}")
-        if not 0 <= self.cs_mm < float("inf"):
-            raise InputError("--cs-mm", f"must be >= 0 mm, got {self.cs_mm}")
-        if not 0 <= self.amplitude_contrast < 1:
-            raise InputError("--amplitude-contrast", f"must be in [0, 1), got {self.amplitude_contrast}")
+        check_optics(self.voltage_kv, self.cs_mm, self.amplitude_contrast)
         if not 0 <= self.junk_fraction <= 1:
             raise InputError("junk-fraction", f"must be in [0, 1], got {self.junk_fraction}")
         bad = [k for k in self.junk_kinds if k not in JUNK_KINDS]
