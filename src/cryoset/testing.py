@@ -120,3 +120,17 @@ def relion_style_star_text(blocks: dict[str, pd.DataFrame]) -> str:
         lines += [" ".join(row) + " " for row in zip(*cells, strict=True)]
         lines += ["", ""]
     return "\n".join(lines)
+
+
+def relion31_optics_block(pixel: str | float = "2.0", size: int | str = 16, *, voltage: str | float = "300.0",
+                          cs: str | float = "2.7", amplitude: str | float = "0.1") -> str:
+    """A RELION 3.1 ``data_optics`` block of one 2D optics group, values written as given.
+
+    Values are text on purpose: tests put ``nan``, ``-2.0`` or ``0`` there to check readers.
+
+    >>> print(relion31_optics_block(1.5, 64).splitlines()[-1])
+    1 opticsGroup1 1.5 64 2 300.0 2.7 0.1
+    """
+    return ("\ndata_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnOpticsGroupName #2\n_rlnImagePixelSize #3\n"
+            "_rlnImageSize #4\n_rlnImageDimensionality #5\n_rlnVoltage #6\n_rlnSphericalAberration #7\n"
+            f"_rlnAmplitudeContrast #8\n1 opticsGroup1 {pixel} {size} 2 {voltage} {cs} {amplitude}\n")

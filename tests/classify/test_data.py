@@ -13,22 +13,10 @@ import pytest
 from cryoset.classify.data import require_ctf
 from cryoset.errors import InputError
 from cryoset.io.mrc import write_stack
+from cryoset.testing import relion31_optics_block
 from cryoset.workflows.particle_images import load_star
 
-_STAR = """
-data_optics
-
-loop_
-_rlnOpticsGroup #1
-_rlnOpticsGroupName #2
-_rlnImagePixelSize #3
-_rlnImageSize #4
-_rlnImageDimensionality #5
-_rlnVoltage #6
-_rlnSphericalAberration #7
-_rlnAmplitudeContrast #8
-1 opticsGroup1 {pixel} {size} 2 300.0 2.7 0.1
-
+_PARTICLES = """
 data_particles
 
 loop_
@@ -47,7 +35,7 @@ def _write(folder: Path, images: np.ndarray, *, pixel: str = "2.0", size: int = 
     if np.isfinite(images).all():  # a NaN stack is written by the test itself
         write_stack(folder / "particles.mrcs", images, 2.0)
     path = folder / "particles.star"
-    path.write_text(_STAR.format(pixel=pixel, size=size, defocus=defocus))
+    path.write_text(relion31_optics_block(pixel, size) + _PARTICLES.format(defocus=defocus))
     return path
 
 

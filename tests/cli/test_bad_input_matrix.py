@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from cryoset.cli.main import COMMAND_MODULES, build_app
+from cryoset.testing import relion31_optics_block
 
 KINDS = ("empty", "truncated", "wrong-format", "nan", "negative", "missing", "output-under-file")
 
@@ -41,21 +42,6 @@ def _png_bytes() -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-_OPTICS = """
-data_optics
-
-loop_
-_rlnOpticsGroup #1
-_rlnOpticsGroupName #2
-_rlnImagePixelSize #3
-_rlnImageSize #4
-_rlnImageDimensionality #5
-_rlnVoltage #6
-_rlnSphericalAberration #7
-_rlnAmplitudeContrast #8
-1 opticsGroup1 {pixel} {size} 2 300.0 2.7 0.1
-
-"""
 _PARTICLES_HEAD = """
 data_particles
 
@@ -85,7 +71,7 @@ def particles_star(n: int, *, stack: str = "particles.mrcs", pixel: str = "2.0",
         f"{37.0 * k % 360:.1f} {23.0 * k % 180:.1f} {11.0 * k % 360:.1f} 0.0 0.0 1 {1 + k % 2}"
         for k in range(n)
     ]
-    return _OPTICS.format(pixel=pixel, size=size) + _PARTICLES_HEAD + "\n".join(rows) + "\n"
+    return relion31_optics_block(pixel, size) + "\n" + _PARTICLES_HEAD + "\n".join(rows) + "\n"
 
 
 _MIC_CTF_STAR = """

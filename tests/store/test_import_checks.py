@@ -14,21 +14,9 @@ from cryoset.errors import InputError
 from cryoset.io.mrc import write_stack
 from cryoset.store.dataset import ParticleStore
 from cryoset.store.exports import import_relion
+from cryoset.testing import relion31_optics_block
 
-_HEAD = """
-data_optics
-
-loop_
-_rlnOpticsGroup #1
-_rlnOpticsGroupName #2
-_rlnImagePixelSize #3
-_rlnImageSize #4
-_rlnImageDimensionality #5
-_rlnVoltage #6
-_rlnSphericalAberration #7
-_rlnAmplitudeContrast #8
-1 opticsGroup1 {pixel} {size} 2 {voltage} 2.7 {amplitude}
-
+_PARTICLES = """
 data_particles
 
 loop_
@@ -44,7 +32,7 @@ def _star(folder: Path, *, pixel: str = "2.0", size: int = 16, first: int = 1, n
           voltage: str = "300.0", amplitude: str = "0.1") -> Path:
     rows = "".join(f"{k:06d}@particles.mrcs 15000 14000 10 1\n" for k in range(first, first + n))
     path = folder / "particles.star"
-    path.write_text(_HEAD.format(pixel=pixel, size=size, voltage=voltage, amplitude=amplitude) + rows)
+    path.write_text(relion31_optics_block(pixel, size, voltage=voltage, amplitude=amplitude) + _PARTICLES + rows)
     return path
 
 
