@@ -138,7 +138,7 @@ def _relion(sim: Any, n: int) -> tuple[Any, float]:
     from cryoset.classify.em2d import Classification2D
     from cryoset.io.mrc import read_stack
     from cryoset.io.particles import read_particles
-    from cryoset.simulate.particles import write_particle_set
+    from cryoset.workflows.simulate import write_particle_set
 
     relion = shutil.which("relion_refine")
     if relion is None:

@@ -37,9 +37,10 @@ def main(n: int = 1000, box: int = 64) -> dict[str, Any]:
     from cryoset.recon.fsc import fourier_shell_correlation, resolution_at
     from cryoset.recon.reconstruct import reconstruct
     from cryoset.simulate.micrograph import atoms_from_protein
-    from cryoset.simulate.particles import ParticleSettings, simulate_particles, write_particle_set
+    from cryoset.simulate.particles import ParticleSettings, simulate_particles
     from cryoset.simulate.potential import potential_volume
     from cryoset.simulate.protein import build_protein
+    from cryoset.workflows.simulate import write_particle_set
 
     px = 2.0
     atoms = atoms_from_protein(build_protein(150, 1)).centred()

@@ -154,7 +154,8 @@ def main() -> dict[str, Any]:
     realism = _realism(shared, corpus, table)
 
     # the real map: EMD-5168 with 3MFP's labels
-    from cryoset.maps.dataset import PrepareOptions, prepare_map
+    from cryoset.maps.dataset import PrepareOptions
+    from cryoset.workflows.maps import prepare_map
 
     emd = shared / "maps" / "emd_5168"
     real = OUT / "emd_5168"

@@ -141,8 +141,8 @@ _NAMES = {
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     from cryoset.io.coords import write_coords
     from cryoset.io.mrc import write_map, write_stack
-    from cryoset.maps.dataset import write_subgrids
     from cryoset.store.dataset import ParticleStore
+    from cryoset.workflows.maps import write_subgrids
 
     rng = np.random.default_rng(20261123)
     root = tmp_path_factory.mktemp("good")
@@ -173,7 +173,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     from cryoset.store.exports import export_hdf5
 
     export_hdf5(store, store.select(), inp.panda_h5, size=16)
-    from cryoset.maps.dataset import PrepareOptions, prepare_map
+    from cryoset.maps.dataset import PrepareOptions
+    from cryoset.workflows.maps import prepare_map
 
     prepare_map(inp.map, inp.prepared, inp.model, options=PrepareOptions(box=8, overlap=2, subgrids=False))
     _tiny_voxelnet(inp.weights)
@@ -333,7 +334,7 @@ def _truncated_zarr(good: Path, path: Path) -> Path:
 
 
 def _nan_zarr(path: Path) -> Path:
-    from cryoset.maps.dataset import write_subgrids
+    from cryoset.workflows.maps import write_subgrids
 
     data = np.full((16, 16, 16), np.nan, np.float32)
     return write_subgrids(path, {"density": data}, box=8, overlap=2,

@@ -17,8 +17,9 @@ from cryoset.testing import require_shared_data
 @pytest.fixture(scope="module")
 def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cryoset.simulate.micrograph import atoms_from_protein
-    from cryoset.simulate.particles import ParticleSettings, simulate_particles, write_particle_set
+    from cryoset.simulate.particles import ParticleSettings, simulate_particles
     from cryoset.simulate.protein import build_protein
+    from cryoset.workflows.simulate import write_particle_set
 
     out = tmp_path_factory.mktemp("sim")
     atoms = atoms_from_protein(build_protein(120, 2))

@@ -70,3 +70,32 @@ def test_build_small_list(run_cli, tmp_path: Path) -> None:  # type: ignore[no-u
     assert code == 0, err
     assert "1/1 maps prepared" in out and "'test': 1" in out
     assert (tmp_path / "ds" / "metadata.parquet").is_file() and (tmp_path / "ds" / "metadata.csv").is_file()
+
+
+def test_prepare_label_rule_option(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--label-rule cryo2struct`` writes the Formula-1 labels; an unknown rule is one line, exit 2."""
+    from cryoset.io.mrc import write_map
+    from cryoset.maps.dataset import load_model
+    from cryoset.maps.labels import label_maps
+
+    write_map(tmp_path / "m.mrc", np.ones((12, 12, 12), np.float32), 1.0, (0.0, 0.0, 0.0))
+    (tmp_path / "m.pdb").write_text(
+        "ATOM      1  N   ALA A   1       4.300   5.700   6.600  1.00  0.00           N\n"
+        "ATOM      2  CA  ALA A   1       5.400   6.600   6.700  1.00  0.00           C\n"
+        "ATOM      3  C   ALA A   1       6.600   7.200   6.500  1.00  0.00           C\n"
+        "END\n")
+    code, _, err = run_cli("map", "prepare", tmp_path / "m.mrc", "--model", tmp_path / "m.pdb",
+                           "--label-rule", "cryo2struct", "--no-subgrids", "--out", tmp_path / "f1")
+    assert code == 0, err
+    atoms = load_model(tmp_path / "m.pdb").atoms
+    want = label_maps(atoms, (12, 12, 12), (1.0,) * 3, (0.0,) * 3, rule="cryo2struct")
+    np.testing.assert_array_equal(read_map(tmp_path / "f1" / "atom_ca_emd_normalized_map.mrc").data, want.ca)
+    assert want.ca[6, 6, 5] == 1  # floor(p - origin): the voxel whose corner is below the atom
+    (tmp_path / "maps.csv").write_text("emdb_id,map,model\nEMD-1,m.mrc,m.pdb\n")
+    code, _, err = run_cli("map", "build", tmp_path / "maps.csv", "--workers", "1", "--label-rule", "cryo2struct",
+                           "--out", tmp_path / "built")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_map(tmp_path / "built" / "EMD-1" / "atom_ca_emd_normalized_map.mrc").data,
+                                  want.ca)
+    code, _, err = run_cli("map", "prepare", tmp_path / "m.mrc", "--label-rule", "round", "--out", tmp_path / "x")
+    assert code == 2 and "--label-rule" in err and len(err.strip().splitlines()) == 1

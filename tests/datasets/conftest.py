@@ -27,7 +27,7 @@ def cryoppp_lite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
 @pytest.fixture(scope="session")
 def prepared_5168(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Our ``map prepare`` of the EMD-5168 monomer with 3MFP (labels and sub-grids)."""
-    from cryoset.maps.dataset import prepare_map
+    from cryoset.workflows.maps import prepare_map
 
     d = require_shared_data("maps", "emd_5168")
     out = tmp_path_factory.mktemp("ours") / "EMD-5168"

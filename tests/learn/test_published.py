@@ -17,8 +17,8 @@ from cryoset.learn.published import (
     boxes_xyxy,
     collate_detection,
 )
-from cryoset.maps.dataset import write_subgrids
 from cryoset.maps.subgrids import split
+from cryoset.workflows.maps import write_subgrids
 
 
 def test_boxes_xyxy_centre_convention_and_rescaling() -> None:

@@ -43,10 +43,11 @@ TINY_UNETR = VoxelNetConfig(arch="unetr", base_channels=4, embed_dim=32, depth=4
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One prepared map (map prepare products) of a 60-residue procedural protein at 3 Å."""
-    from cryoset.maps.dataset import prepare_map
-    from cryoset.simulate.density import simulate_map, write_simulated_map
+    from cryoset.simulate.density import simulate_map
     from cryoset.simulate.micrograph import atoms_from_protein
-    from cryoset.simulate.protein import build_protein, write_structure
+    from cryoset.simulate.protein import build_protein
+    from cryoset.workflows.maps import prepare_map
+    from cryoset.workflows.simulate import write_simulated_map, write_structure
 
     root = tmp_path_factory.mktemp("voxel")
     protein = build_protein(60, seed=3)

@@ -18,18 +18,20 @@ from cryoset.maps.dataset import (
     LABEL_FILES,
     NORMALISED_NAME,
     PrepareOptions,
-    build_dataset,
     load_model,
-    prepare_map,
-    read_map_list,
-    read_subgrids,
     split_dataset,
-    stitch_zarr,
-    write_subgrids,
 )
 from cryoset.maps.labels import voxel_indices
 from cryoset.maps.validate import ca_round_trip
 from cryoset.testing import require_shared_data
+from cryoset.workflows.maps import (
+    build_dataset,
+    prepare_map,
+    read_map_list,
+    read_subgrids,
+    stitch_zarr,
+    write_subgrids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +262,45 @@ def test_prepare_checks_everything_before_writing_and_keeps_other_files(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["far.pdb", "m.mrc", "out"]
     prepare_map(tmp_path / "m.mrc", out, None, options=PrepareOptions(box=8, overlap=2))
     assert {"notes.txt", NORMALISED_NAME, "subgrids.zarr", "labels_report.json"} <= {p.name for p in out.iterdir()}
+
+
+def _small_model(path: Path, origin_xyz: tuple[float, float, float]) -> None:
+    """Eight residues of N/CA/C/O at fractional positions inside a 16 Å cube from ``origin_xyz``."""
+    rng = np.random.default_rng(3)
+    names = ("ALA", "GLY", "LEU", "SER", "MSE", "LYS", "VAL", "TRP")
+    lines, serial = [], 1
+    for r, name in enumerate(names, start=1):
+        base = rng.uniform(2.3, 13.6, 3) + np.asarray(origin_xyz)
+        for atom, off in (("N", (-1.2, 0.3, 0.1)), ("CA", (0, 0, 0)), ("C", (1.2, 0.6, -0.2)), ("O", (1.4, 1.8, 0))):
+            x, y, z = base + np.asarray(off)
+            lines.append(f"ATOM  {serial:5d}  {atom:<3} {name} A{r:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00"
+                         f"           {atom[0]}")
+            serial += 1
+    path.write_text("\n".join([*lines, "END", ""]))
+
+
+def test_prepare_label_rule_gives_the_nearest_or_the_formula1_labels(tmp_path: Path) -> None:
+    """Issue #24: ``label_rule`` reaches ``label_maps``; cryo2struct = ``label_maps(rule="cryo2struct")``."""
+    from cryoset.io.mrc import write_map
+    from cryoset.maps.labels import label_maps
+
+    origin_xyz = (2.0, -3.0, 5.0)
+    zz = np.mgrid[:16, :16, :16][0]
+    write_map(tmp_path / "m.mrc", (1.0 + zz).astype(np.float32), 1.0, origin_xyz[::-1])
+    _small_model(tmp_path / "m.pdb", origin_xyz)
+    loaded = load_model(tmp_path / "m.pdb")
+    got: dict[str, dict[str, np.ndarray]] = {}
+    for rule in ("nearest", "cryo2struct"):
+        out = tmp_path / rule
+        row = prepare_map(tmp_path / "m.mrc", out, tmp_path / "m.pdb",
+                          options=PrepareOptions(subgrids=False, label_rule=rule))  # type: ignore[arg-type]
+        assert row["mrc_valid"] and row["n_ca_labelled"] == 8
+        norm = read_map(out / NORMALISED_NAME)
+        want = label_maps(loaded.atoms, norm.data.shape, norm.voxel_size_a, norm.origin_a,
+                          secondary=loaded.secondary, secondary_source=loaded.source, rule=rule)
+        got[rule] = {name: read_map(out / LABEL_FILES[name]).data.astype(np.uint8) for name in LABEL_FILES}
+        for name, vol in want.volumes().items():
+            assert np.array_equal(got[rule][name], vol), (rule, name)
+        assert json.loads((out / "labels_report.json").read_text())["labels"]["rule"] == rule
+    assert PrepareOptions().label_rule == "nearest"
+    assert not np.array_equal(got["nearest"]["backbone"], got["cryo2struct"]["backbone"])

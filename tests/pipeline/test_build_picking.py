@@ -48,3 +48,36 @@ def test_authors_coordinates_are_imported(tmp_path: Path) -> None:
                  ann["y_px"].to_numpy()[:, None] - truth["y_px"].to_numpy()[None])
     assert (d.min(axis=1) < 1.0).all()  # every particle is one of the given coordinates
     assert set(ann["rejected_reason"]) <= {"", "duplicate"} | {r for r in ann["rejected_reason"] if r.startswith("2D")}
+
+
+def test_pick_stage_hash_covers_the_contents_of_its_input_files(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Templates, masks and imported coordinates enter the pick stage's hash by content: new
+    bytes under the same paths re-run ``pick`` and the stages after it, and nothing before."""
+    from cryoset.pipeline import build, stages
+    from cryoset.pipeline.config import load_config
+
+    for stage in stages.STAGES:  # the hashing is under test, not the stages: make them instant
+        monkeypatch.setattr(stages, f"run_{stage}", lambda *a, **k: {})
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "micrograph_0000.mrc").write_bytes(b"mask")
+    (tmp_path / "picks").mkdir()
+    (tmp_path / "picks" / "micrograph_0000.star").write_bytes(b"picks")
+    (tmp_path / "templates.mrcs").write_bytes(b"template")
+    monkeypatch.chdir(tmp_path)  # the configuration's paths are relative to it
+    cfg = load_config({**CONFIG, "pick": {"method": "template", "templates": "templates.mrcs",
+                                          "mask_dir": "masks", "import_dir": "picks"}})
+    exp = cfg["experiments"][0]
+
+    def run() -> list[str]:
+        return list(build.run_experiment(exp, cfg, str(tmp_path / "b"))["executed"])
+
+    assert run() == list(stages.STAGES)
+    assert run() == []
+    after_pick = list(stages.STAGES[stages.STAGES.index("pick"):])
+    for changed in ("templates.mrcs", "masks/micrograph_0000.mrc", "picks/micrograph_0000.star"):
+        (tmp_path / changed).write_bytes(b"new bytes")
+        assert run() == after_pick, changed
+        assert run() == []
+    (tmp_path / "masks" / "micrograph_0001.mrc").write_bytes(b"another mask")  # a new file counts too
+    assert run() == after_pick

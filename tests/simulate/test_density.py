@@ -16,11 +16,11 @@ from cryoset.simulate.density import (
     lowpass_filter,
     resolution_b_factor_a2,
     simulate_map,
-    write_simulated_map,
 )
 from cryoset.simulate.potential import potential_volume
 from cryoset.simulate.scattering import PENG_1996
 from cryoset.testing import require_shared_data
+from cryoset.workflows.simulate import write_simulated_map
 
 
 def test_gaussian_method_has_the_predicted_width() -> None:

@@ -15,10 +15,11 @@ from cryoset.ctf.model import CTFParams, ctf_2d
 from cryoset.errors import InputError
 from cryoset.geometry import euler_to_matrix
 from cryoset.simulate.micrograph import AtomSet, atoms_from_protein
-from cryoset.simulate.particles import ParticleSettings, simulate_particles, write_particle_set
+from cryoset.simulate.particles import ParticleSettings, simulate_particles
 from cryoset.simulate.potential import project_atoms
 from cryoset.simulate.protein import build_protein
 from cryoset.testing import require_program
+from cryoset.workflows.simulate import write_particle_set
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 from cryoset.errors import InputError
 from cryoset.simulate import protein as P
 from cryoset.testing import require_program
+from cryoset.workflows.simulate import write_structure
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_bad_length() -> None:
 
 @pytest.mark.parametrize("suffix", [".pdb", ".cif"])
 def test_written_helix_sheet_records_match_truth(prot: P.Protein, tmp_path: Path, suffix: str) -> None:
-    path = P.write_structure(prot, tmp_path / f"p{suffix}")
+    path = write_structure(prot, tmp_path / f"p{suffix}")
     st = gemmi.read_structure(str(path))
     assert P.secondary_structure_from_structure(st, prot.n_residues) == prot.secondary_structure
     n_helix = sum(k == "H" for k, _, _ in prot.segments())
@@ -167,7 +168,7 @@ def test_written_helix_sheet_records_match_truth(prot: P.Protein, tmp_path: Path
 def test_dssp_finds_the_helices(prot: P.Protein, tmp_path: Path) -> None:
     """mkdssp (an independent program) assigns H to the residues built as helix."""
     exe = require_program("mkdssp")
-    pdb = P.write_structure(prot, tmp_path / "p.pdb")
+    pdb = write_structure(prot, tmp_path / "p.pdb")
     out = tmp_path / "p.dssp"
     subprocess.run([exe, "--output-format", "dssp", str(pdb), str(out)], check=True,
                    capture_output=True, timeout=60)

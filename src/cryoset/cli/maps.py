@@ -23,11 +23,13 @@ _METHODS = ("trilinear", "fourier")
 
 
 def _options(voxel_size: float, method: str, percentile: float, box: int, overlap: int,
-             subgrids: bool = True) -> Any:
-    from cryoset.maps.dataset import PrepareOptions
+             subgrids: bool = True, label_rule: str = "nearest") -> Any:
+    from cryoset.maps.dataset import LABEL_RULES, PrepareOptions
 
     if method not in _METHODS:
         raise InputError("--method", f"must be one of {', '.join(_METHODS)}, not {method!r}")
+    if label_rule not in LABEL_RULES:
+        raise InputError("--label-rule", f"must be one of {', '.join(LABEL_RULES)}, not {label_rule!r}")
     if voxel_size <= 0:
         raise InputError("--voxel-size-a", f"must be positive, got {voxel_size}")
     if not 0 < percentile <= 100:
@@ -35,7 +37,14 @@ def _options(voxel_size: float, method: str, percentile: float, box: int, overla
     if box < 1 or overlap < 0 or box - 2 * overlap < 1:
         raise InputError("--box-px/--overlap-px", f"box {box} with overlap {overlap} leaves no core")
     return PrepareOptions(voxel_size_a=voxel_size, method=method,  # type: ignore[arg-type]
-                          percentile=percentile, box=box, overlap=overlap, subgrids=subgrids)
+                          percentile=percentile, box=box, overlap=overlap, subgrids=subgrids,
+                          label_rule=label_rule)  # type: ignore[arg-type]
+
+
+def _label_rule_option() -> Any:
+    return typer.Option("nearest", "--label-rule", metavar="RULE",
+                        help="Label voxel assignment: nearest (nearest voxel centre) or cryo2struct "
+                             "(the paper's Formula 1, as the published label files).")
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +66,7 @@ def register(app: typer.Typer) -> None:
         box: int = option("box_px", 32, help="Sub-grid edge, voxels."),
         overlap: int = option("overlap_px", 6),
         subgrids: bool = typer.Option(True, "--subgrids/--no-subgrids", help="Also write subgrids.zarr."),
+        label_rule: str = _label_rule_option(),
         as_json: bool = json_option(),
     ) -> None:
         """Resample to --voxel-size-a, normalise and (with --model) write the four label maps.
@@ -65,16 +75,18 @@ def register(app: typer.Typer) -> None:
 
             cryoset map prepare emd_5168.map --model 3MFP.pdb --out EMD-5168
 
+            cryoset map prepare emd_5168.map --model 3MFP.pdb --label-rule cryo2struct --out EMD-5168
+
             cryoset map prepare emd_5168.map --voxel-size-a 1.0 --out EMD-5168 --json
         """
-        from cryoset.maps.dataset import prepare_map
+        from cryoset.workflows.maps import prepare_map
 
         if not map_path.is_file():
             raise InputError(map_path, "no such map file")
         if model is not None and not model.is_file():
             raise InputError(model, "no such model file")
         row = prepare_map(map_path, out, model,
-                          options=_options(voxel_size, method, percentile, box, overlap, subgrids))
+                          options=_options(voxel_size, method, percentile, box, overlap, subgrids, label_rule))
         if row.get("warnings"):
             typer.echo(f"warning: {row['warnings']}", err=True)
         keys = ("shape_z", "shape_y", "shape_x", "n_ca", "n_ca_labelled", "n_atoms_outside",
@@ -100,23 +112,10 @@ def register(app: typer.Typer) -> None:
 
             cryoset map subgrids emd_normalized_map.mrc atom_ca_emd_normalized_map.mrc --names density,ca --out sub.zarr
         """
-        from cryoset.io.mrc import read_map
-        from cryoset.maps.dataset import write_subgrids
-        from cryoset.provenance import make_provenance
+        from cryoset.workflows.maps import subgrid_maps
 
         _options(1.0, "trilinear", 95.0, box, overlap)
-        labels = names.split(",") if names else [p.name.split(".")[0] for p in maps]
-        if len(labels) != len(maps) or len(set(labels)) != len(labels):
-            raise InputError("--names", "give one distinct name per map")
-        loaded = [read_map(p) for p in maps]
-        shapes = {m.data.shape for m in loaded}
-        if len(shapes) != 1:
-            raise InputError(maps[1], f"shapes differ: {sorted(shapes)}")
-        prov = make_provenance("map subgrids", {"box": box, "overlap": overlap, "names": labels}, maps)
-        vols = {n: m.data for n, m in zip(labels, loaded, strict=True)}
-        write_subgrids(out, vols, box=box, overlap=overlap,
-                       attributes={"voxel_size_a": list(loaded[0].voxel_size_a),
-                                   "origin_a": list(loaded[0].origin_a), "provenance": prov})
+        subgrid_maps(maps, out, names=names.split(",") if names else None, box=box, overlap=overlap)
         typer.echo(f"wrote {out}")
 
     @group.command("stitch")
@@ -132,23 +131,13 @@ def register(app: typer.Typer) -> None:
 
             cryoset map stitch EMD-5168/subgrids.zarr --array ca --out ca.mrc
         """
-        import numpy as np
+        from cryoset.workflows.maps import stitch_map
 
-        from cryoset.io.mrc import write_map
-        from cryoset.maps.dataset import stitch_zarr
-        from cryoset.provenance import make_provenance
-
-        vol, attrs = stitch_zarr(store, array)
-        voxel = attrs.get("voxel_size_a", [1.0, 1.0, 1.0])
-        origin = attrs.get("origin_a", [0.0, 0.0, 0.0])
-        prov = make_provenance("map stitch", {"array": array}, [store])
-        data = vol.astype(np.float32) if vol.dtype.kind == "f" else vol.astype(np.int8)
-        write_map(out, data, voxel, origin, provenance=prov,
-                  dtype="float32" if vol.dtype.kind == "f" else "int8")
+        result = stitch_map(store, out, array)
         if as_json:
-            echo_json({"out": str(out), "shape_zyx": list(vol.shape), "voxel_size_a": list(voxel)})
+            echo_json(result)
         else:
-            typer.echo(f"wrote {out} {tuple(vol.shape)}")
+            typer.echo(f"wrote {out} {tuple(result['shape_zyx'])}")
 
     @group.command("build")
     def build(
@@ -164,6 +153,7 @@ def register(app: typer.Typer) -> None:
         percentile: float = typer.Option(95.0, "--percentile", metavar="PERCENT", help="Percentile of positive values → 1."),
         box: int = option("box_px", 32, help="Sub-grid edge, voxels."),
         overlap: int = option("overlap_px", 6),
+        label_rule: str = _label_rule_option(),
         as_json: bool = json_option(),
     ) -> None:
         """Prepare every map of LIST in parallel; write metadata.parquet/.csv with splits.
@@ -180,19 +170,14 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
         )
 
-        from cryoset.maps.dataset import build_dataset, read_map_list
+        from cryoset.workflows.maps import build_dataset, read_map_list, read_test_ids
 
-        options = _options(voxel_size, method, percentile, box, overlap)
+        options = _options(voxel_size, method, percentile, box, overlap, label_rule=label_rule)
         if workers < 1:
             raise InputError("--workers", f"must be >= 1, got {workers}")
         if not 0 <= validation_fraction < 1:
             raise InputError("--validation-fraction", f"must be in [0, 1), got {validation_fraction}")
-        test_ids: list[str] = []
-        if test_list is not None:
-            if not test_list.is_file():
-                raise InputError(test_list, "no such test list")
-            test_ids = [ln.strip() for ln in test_list.read_text(encoding="utf-8").splitlines()
-                        if ln.strip() and not ln.startswith("#")]
+        test_ids = read_test_ids(test_list) if test_list is not None else []
         n = len(read_map_list(map_list))
         out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails here, before any work
         from rich.console import Console

@@ -15,15 +15,12 @@ cryoset simulate particles --particles 2000 --box-px 96 --pixel-size-a 1.5 --jun
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
 from cryoset.cli._options import json_option, option
-from cryoset.errors import InputError
 from cryoset.io.jsontext import json_safe
 
 simulate_app = typer.Typer(
@@ -33,41 +30,12 @@ simulate_app = typer.Typer(
 )
 
 
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-
-
-def _atoms(model: Path | None, protein_length: int | None, seed: int) -> tuple[Any, Any]:
-    """The structure to image: a model file, or a procedural protein (also returned)."""
-    from cryoset.simulate.micrograph import atoms_from_file, atoms_from_protein
-    from cryoset.simulate.protein import build_protein
-
-    if model is not None and protein_length is not None:
-        raise InputError("--model", "give either --model or --protein-length, not both")
-    if model is not None:
-        if not model.is_file():
-            raise InputError(model, "no such file")
-        return atoms_from_file(str(model)), None
-    protein = build_protein(protein_length or 200, seed)
-    return atoms_from_protein(protein), protein
-
-
 def _emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     if as_json:
         typer.echo(json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False))
     else:
         for line in lines:
             typer.echo(line)
-
-
-def _seeds(seed: int, n: int) -> list[int]:
-    """Independent child seeds of ``seed`` (stable: micrograph k gets the same seed for any n)."""
-    children = np.random.SeedSequence(seed).spawn(n)
-    return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
 
 
 @simulate_app.command("protein")
@@ -86,24 +54,11 @@ def protein_cmd(
     --------
     cryoset simulate protein --protein-length 200 --seed 1 --out protein.pdb
     """
-    from cryoset.provenance import make_provenance
-    from cryoset.simulate.protein import build_protein, write_structure
+    from cryoset.workflows.simulate import simulate_protein
 
-    if out.suffix.lower() not in (".pdb", ".ent", ".cif", ".mmcif"):
-        raise InputError(out, "unknown structure suffix (use .pdb or .cif)")
-    protein = build_protein(length, seed)
-    record = make_provenance("simulate protein", {"length": length, "seed": seed})
-    write_structure(protein, out, provenance=record)
-    segments = protein.segments()
-    summary = {
-        "output": str(out), "residues": protein.n_residues, "atoms": protein.n_atoms,
-        "sequence": protein.sequence, "secondary_structure": protein.secondary_structure,
-        "helices": sum(k == "H" for k, _, _ in segments),
-        "strands": sum(k == "E" for k, _, _ in segments),
-        "radius_of_gyration_a": round(protein.radius_of_gyration_a(), 3), "seed": seed,
-    }
+    summary = simulate_protein(out, length, seed)
     _emit(summary, as_json, [
-        f"wrote {out}: {protein.n_residues} residues, {protein.n_atoms} atoms, "
+        f"wrote {out}: {summary['residues']} residues, {summary['atoms']} atoms, "
         f"{summary['helices']} helices, {summary['strands']} strands, "
         f"Rg {summary['radius_of_gyration_a']:.1f} Å"])
 
@@ -127,27 +82,11 @@ def map_cmd(
     --------
     cryoset simulate map --model model.pdb --resolution-a 6 --voxel-size-a 1.2 --out map.mrc
     """
-    from cryoset.simulate.density import simulate_map, write_simulated_map
+    from cryoset.workflows.simulate import simulate_density_map
 
-    if not resolution_a > 0:
-        raise InputError("--resolution-a", f"must be > 0 Å, got {resolution_a}")
-    if not voxel_size_a > 0:
-        raise InputError("--voxel-size-a", f"must be > 0 Å, got {voxel_size_a}")
-    atoms, protein = _atoms(model, protein_length, seed)
-    centre = atoms.xyz_a.mean(axis=0)
-    box = box_px or int(2 * math.ceil((atoms.radius_a + 2 * resolution_a + 5) / voxel_size_a))
-    if box < 8:
-        raise InputError("--box-px", f"must be >= 8, got {box}")
-    origin = tuple(float(c - (box // 2) * voxel_size_a) for c in centre[::-1])
-    vol = simulate_map(atoms.xyz_a, atoms.elements, atoms.b_factors_a2, shape=(box,) * 3,
-                       voxel_size_a=voxel_size_a, origin_a=origin, resolution_a=resolution_a,
-                       permissive=True)
-    params = {"resolution_a": resolution_a, "voxel_size_a": voxel_size_a, "box_px": box,
-              "seed": seed, "protein_length": None if protein is None else protein.n_residues}
-    write_simulated_map(out, vol, voxel_size_a, origin, parameters=params,
-                        inputs=[model] if model is not None else [])
-    summary = {"output": str(out), "box_px": box, "voxel_size_a": voxel_size_a,
-               "resolution_a": resolution_a, "origin_a": list(origin)}
+    summary = simulate_density_map(out, model=model, protein_length=protein_length, resolution_a=resolution_a,
+                                   voxel_size_a=voxel_size_a, box_px=box_px, seed=seed)
+    box = summary["box_px"]
     _emit(summary, as_json, [f"wrote {out}: {box}³ voxels of {voxel_size_a} Å at {resolution_a} Å"])
 
 
@@ -183,41 +122,15 @@ def micrographs_cmd(
     --------
     cryoset simulate micrographs --micrographs 4 --size-px 1024 --particles-per-micrograph 50 --protein-length 300 --defocus-min-a 10000 --defocus-max-a 25000 --seed 0 --out sim
     """
-    from cryoset.io.atomic import atomic_directory
-    from cryoset.provenance import make_provenance, write_provenance
-    from cryoset.simulate.micrograph import (
-        MicrographSettings,
-        simulate_micrograph,
-        write_micrograph_set,
-    )
-    from cryoset.simulate.protein import write_structure
+    from cryoset.simulate.micrograph import MicrographSettings
+    from cryoset.workflows.simulate import simulate_micrograph_set
 
-    if n < 1:
-        raise InputError("--micrographs", f"must be >= 1, got {n}")
     settings = MicrographSettings(
         shape_px=(size, size), pixel_size_a=pixel_size_a, n_particles=particles,
         defocus_range_a=(defocus_min_a, defocus_max_a), tilt_deg=tilt_deg, voltage_kv=voltage_kv,
         dose_e_per_a2=dose, ice_thickness_a=ice_thickness_a, carbon_fraction=carbon_fraction,
         n_contaminations=contaminations, mtf=mtf)
-    settings.check()
-    atoms, protein = _atoms(model, protein_length, seed)
-    params = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-    params.update(n=n, seed=seed, model=None if model is None else str(model),
-                  protein_length=None if protein is None else protein.n_residues)
-    record = make_provenance("simulate micrographs", params, [model] if model is not None else [])
-    results = []
-    with atomic_directory(out) as tmp:
-        with _progress() as bar:
-            task = bar.add_task("simulating micrographs", total=n)
-            for k, s in enumerate(_seeds(seed, n)):
-                results.append(simulate_micrograph(atoms, settings, s, name=f"micrograph_{k:04d}.mrc"))
-                bar.advance(task)
-        summary = write_micrograph_set(tmp, results, settings, provenance=record)
-        if protein is not None:
-            write_structure(protein, tmp / "model.pdb")
-        write_provenance(tmp, record)
-    summary.update(output=str(out), size_px=size, pixel_size_a=pixel_size_a,
-                   defocus_a=[float(r.ctf.defocus_mean_a) for r in results], seed=seed)
+    summary = simulate_micrograph_set(out, settings, n=n, model=model, protein_length=protein_length, seed=seed)
     _emit(summary, as_json, [f"wrote {out}: {n} micrographs of {size}² px, "
                              f"{summary['particles']} particles"])
 
@@ -248,30 +161,13 @@ def particles_cmd(
     --------
     cryoset simulate particles --particles 2000 --box-px 96 --pixel-size-a 1.5 --junk-fraction 0.2 --out sim_particles
     """
-    from cryoset.io.atomic import atomic_directory
-    from cryoset.provenance import make_provenance, write_provenance
-    from cryoset.simulate.particles import ParticleSettings, simulate_particles, write_particle_set
-    from cryoset.simulate.protein import write_structure
+    from cryoset.simulate.particles import ParticleSettings
+    from cryoset.workflows.simulate import simulate_particle_set
 
     settings = ParticleSettings(n=n, box_px=box, pixel_size_a=pixel_size_a,
                                 defocus_range_a=(defocus_min_a, defocus_max_a), voltage_kv=voltage_kv,
                                 snr=snr, junk_fraction=junk_fraction, max_shift_a=max_shift_a)
-    settings.check()
-    atoms, protein = _atoms(model, protein_length, seed)
-    params = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-    params.update(seed=seed, model=None if model is None else str(model),
-                  protein_length=None if protein is None else protein.n_residues)
-    record = make_provenance("simulate particles", params, [model] if model is not None else [])
-    with _progress() as bar:
-        task = bar.add_task("simulating particles", total=n)
-        result = simulate_particles(atoms, settings, seed,
-                                    progress=lambda done: bar.update(task, completed=done))
-    with atomic_directory(out) as tmp:
-        summary = write_particle_set(tmp, result, provenance=record)
-        if protein is not None:
-            write_structure(protein, tmp / "model.pdb")
-        write_provenance(tmp, record)
-    summary.update(output=str(out), box_px=box, pixel_size_a=pixel_size_a, snr=snr, seed=seed)
+    summary = simulate_particle_set(out, settings, model=model, protein_length=protein_length, seed=seed)
     _emit(summary, as_json, [f"wrote {out}: {summary['images']} images "
                              + ", ".join(f"{v} {k}" for k, v in sorted(summary["kinds"].items()))])
 

@@ -10,7 +10,7 @@ One entry is a directory named after the EMDB entry holding::
     *.pdb / *.cif, *.fasta              the deposited model and its sequence
     *.npz                               sub-grids: protein_grid, atom_grid, amino_grid
 
-These are exactly the names :func:`cryoset.maps.dataset.prepare_map` writes, so one reader
+These are exactly the names :func:`cryoset.workflows.maps.prepare_map` writes, so one reader
 serves both. The release also has ``metadata.csv`` and ``splits.csv`` tables
 (:func:`read_table`). Sub-grid ``.npz`` arrays are ``(32, 32, 32)`` (one sub-grid) or
 ``(n, 32, 32, 32)``; their names map onto our Zarr array names: ``protein_grid`` →

@@ -14,6 +14,7 @@ steps are separate methods so that a caller can inspect the score map or the raw
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "Peaks",
     "Picker",
+    "PickerInputs",
     "PreparedMicrograph",
     "ScoreMap",
     "available_pickers",
@@ -93,11 +95,63 @@ class Peaks:
     rows: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class PickerInputs:
+    """Everything a picker may be built from, for one micrograph (:meth:`Picker.from_inputs`).
+
+    A caller (the pick workflow) reads the files a picker :attr:`~Picker.needs` and fills the
+    matching fields; the others stay None.
+
+    Attributes
+    ----------
+    diameter_a
+        Particle diameter (Å).
+    pixel_size_a
+        Pixel size of the micrograph to pick (Å).
+    threshold
+        Score threshold; None: the picker's :attr:`~Picker.default_threshold`.
+    min_distance_fraction, dark_particles
+        As in :class:`cryoset.picking.blob.BlobSettings`.
+    templates, template_pixel_size_a, template_source
+        Template stack ``(n, b, b)`` (protein bright), its pixel size (Å; None: the
+        micrograph's) and the file it came from (named in errors); for pickers that need
+        ``"templates"``.
+    picks
+        Canonical picks table of this micrograph, for pickers that need ``"picks"``.
+    """
+
+    diameter_a: float
+    pixel_size_a: float
+    threshold: float | None = None
+    min_distance_fraction: float = 0.5
+    dark_particles: bool = True
+    templates: NDArray[np.float64] | None = None
+    template_pixel_size_a: float | None = None
+    template_source: str | os.PathLike[str] = "templates"
+    picks: pd.DataFrame | None = None
+
+
 class Picker(ABC):
     """One particle picker: four steps from a micrograph to a canonical picks table."""
 
     #: The name it is registered (and chosen on the command line) under.
     name: ClassVar[str]
+    #: The score threshold used when none is given (None: keep every pick).
+    default_threshold: ClassVar[float | None] = None
+    #: The :class:`PickerInputs` fields a caller must fill besides the diameter and pixel
+    #: size (``"templates"``, ``"picks"``).
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_inputs(cls, inputs: PickerInputs) -> Picker:
+        """The picker for one micrograph built from ``inputs`` (a picker without parameters
+        need not override this)."""
+        return cls()
+
+    @classmethod
+    def threshold_of(cls, inputs: PickerInputs) -> float | None:
+        """The threshold of ``inputs``, or :attr:`default_threshold` when it gives none."""
+        return cls.default_threshold if inputs.threshold is None else inputs.threshold
 
     @abstractmethod
     def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:

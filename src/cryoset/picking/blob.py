@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,14 @@ from scipy import ndimage
 
 from cryoset.errors import InputError
 from cryoset.fourier.crop import fourier_crop
-from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
+from cryoset.picking.base import (
+    Peaks,
+    Picker,
+    PickerInputs,
+    PreparedMicrograph,
+    ScoreMap,
+    register_picker,
+)
 from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
 __all__ = [
@@ -232,8 +240,18 @@ def pick_blobs(
 class BlobPicker(Picker):
     """The blob picker as the four :class:`~cryoset.picking.base.Picker` steps."""
 
+    default_threshold: ClassVar[float | None] = BlobSettings.threshold
+
     def __init__(self, settings: BlobSettings) -> None:
         self.settings = settings
+
+    @classmethod
+    def from_inputs(cls, inputs: PickerInputs) -> BlobPicker:
+        threshold = cls.threshold_of(inputs)
+        assert threshold is not None
+        return cls(BlobSettings(inputs.diameter_a, threshold=threshold,
+                                min_distance_fraction=inputs.min_distance_fraction,
+                                dark_particles=inputs.dark_particles))
 
     def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
         self.settings.check()

@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
+from cryoset.errors import InputError
+from cryoset.picking.base import (
+    Peaks,
+    Picker,
+    PickerInputs,
+    PreparedMicrograph,
+    ScoreMap,
+    register_picker,
+)
 from cryoset.picking.blob import disk_ncc, prepare_micrograph
 from cryoset.picking.peaks import edge_mask, local_power, remove_duplicates
 
@@ -22,6 +32,7 @@ def score_imported(
     min_distance_fraction: float = 0.5,
     edge_fraction: float = 0.5,
     dark_particles: bool = True,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
     """Filter and score imported picks of one micrograph.
 
@@ -35,6 +46,8 @@ def score_imported(
         Particle diameter (pixels).
     min_distance_fraction, edge_fraction, dark_particles
         As in :class:`cryoset.picking.blob.BlobSettings`.
+    threshold
+        Keep only picks scoring at least this (None: keep all).
 
     Returns
     -------
@@ -42,7 +55,8 @@ def score_imported(
         The kept picks with ``ncc`` and ``power`` columns and ``diameter_px`` filled.
     """
     return ImportedPicker(picks, diameter_px, min_distance_fraction=min_distance_fraction,
-                          edge_fraction=edge_fraction, dark_particles=dark_particles).pick(image, 1.0)
+                          edge_fraction=edge_fraction, dark_particles=dark_particles,
+                          threshold=threshold).pick(image, 1.0)
 
 
 @register_picker("import")
@@ -52,16 +66,30 @@ class ImportedPicker(Picker):
     The positions come from ``picks`` (a canonical picks table of one micrograph), so there
     is no score map; the peaks are the picks away from the edge, the picks those peaks
     scored and de-duplicated. ``diameter_px`` is in micrograph pixels (the pixel size given
-    to :meth:`pick` is not used).
+    to :meth:`pick` is not used). With a ``threshold``, only picks scoring at least that
+    are kept (after de-duplication).
     """
 
+    needs: ClassVar[frozenset[str]] = frozenset({"picks"})
+
     def __init__(self, picks: pd.DataFrame, diameter_px: float, *, min_distance_fraction: float = 0.5,
-                 edge_fraction: float = 0.5, dark_particles: bool = True) -> None:
+                 edge_fraction: float = 0.5, dark_particles: bool = True,
+                 threshold: float | None = None) -> None:
         self.table = picks
         self.diameter_px = diameter_px
         self.min_distance_fraction = min_distance_fraction
         self.edge_fraction = edge_fraction
         self.dark_particles = dark_particles
+        self.threshold = threshold
+
+    @classmethod
+    def from_inputs(cls, inputs: PickerInputs) -> ImportedPicker:
+        """Needs ``picks``; the diameter in pixels is ``diameter_a / pixel_size_a``."""
+        if inputs.picks is None:
+            raise InputError("picks", "the imported picker needs a picks table")
+        return cls(inputs.picks, inputs.diameter_a / inputs.pixel_size_a,
+                   min_distance_fraction=inputs.min_distance_fraction,
+                   dark_particles=inputs.dark_particles, threshold=cls.threshold_of(inputs))
 
     def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
         img = np.asarray(image, dtype=np.float32)
@@ -89,4 +117,7 @@ class ImportedPicker(Picker):
         score_col = pd.to_numeric(out["score"], errors="coerce")
         out["score"] = score_col.where(score_col.notna(), out["ncc"])
         out["diameter_px"] = pd.to_numeric(out["diameter_px"], errors="coerce").fillna(self.diameter_px)
-        return remove_duplicates(out, self.min_distance_fraction * self.diameter_px)
+        out = remove_duplicates(out, self.min_distance_fraction * self.diameter_px)
+        if self.threshold is not None:
+            out = out[out["score"] >= self.threshold].reset_index(drop=True)
+        return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,14 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from cryoset.errors import InputError
-from cryoset.picking.base import Peaks, Picker, PreparedMicrograph, ScoreMap, register_picker
+from cryoset.picking.base import (
+    Peaks,
+    Picker,
+    PickerInputs,
+    PreparedMicrograph,
+    ScoreMap,
+    register_picker,
+)
 from cryoset.picking.blob import prepare_micrograph
 from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
 
@@ -276,12 +284,28 @@ class TemplatePicker(Picker):
     names the template file in errors.
     """
 
+    default_threshold: ClassVar[float | None] = TemplateSettings.threshold
+    needs: ClassVar[frozenset[str]] = frozenset({"templates"})
+
     def __init__(self, settings: TemplateSettings, templates: ArrayLike, template_pixel_size_a: float, *,
                  source: str | os.PathLike[str] = "templates") -> None:
         self.settings = settings
         self.templates = templates
         self.template_pixel_size_a = template_pixel_size_a
         self.source = source
+
+    @classmethod
+    def from_inputs(cls, inputs: PickerInputs) -> TemplatePicker:
+        """Needs ``templates``; without ``template_pixel_size_a`` they share the micrograph's."""
+        if inputs.templates is None:
+            raise InputError("templates", "the template picker needs templates")
+        threshold = cls.threshold_of(inputs)
+        assert threshold is not None
+        settings = TemplateSettings(inputs.diameter_a, threshold=threshold,
+                                    min_distance_fraction=inputs.min_distance_fraction,
+                                    dark_particles=inputs.dark_particles)
+        return cls(settings, inputs.templates, inputs.template_pixel_size_a or inputs.pixel_size_a,
+                   source=inputs.template_source)
 
     def prepare(self, image: ArrayLike, pixel_size_a: float) -> PreparedMicrograph:
         self.settings.check()

@@ -69,6 +69,9 @@ _SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
         "seed": "int", "rounds": "posint"}),
     "duplicates": _from(CurateParams, {"min_distance_a": "nonneg"}),
     "store": {"encoding": ("encoding", "uint8", False), "chunk_particles": ("posint", 256, False)},
+    # where the store stage reads the archive records an experiment names (emdb_id, pdb_id):
+    # the `cryoset fetch` cache (default $CRYOSET_CACHE or ~/.cache/cryoset); offline: cache only
+    "archives": {"cache": ("str", None, False), "offline": ("bool", False, False)},
     "execution": {"workers": ("posint", 2, False), "retries": ("nonneg_int", 2, False)},
 }
 _SIMULATED: dict[str, tuple[str, Any, bool]] = {
@@ -109,6 +112,31 @@ _MESSAGES = {
     "fraction": "must be a number in [0, 1)", "encoding": "must be 'uint8' or 'float16'",
     "grid": "must be a patch grid NxM, e.g. '3x3'", "percent": "must be a number in [0, 100]",
 }
+
+
+#: Archive accessions an experiment may name (filled into the store by the store stage).
+_ARCHIVE_IDS: tuple[str, ...] = ("emdb_id", "pdb_id", "empiar_id")
+
+
+def _archive_ids(src: Path | str, where: str, exp: Mapping[str, Any]) -> dict[str, str]:
+    """The experiment's archive accessions, normalised (``EMD-5168``, ``3MFP``, ``EMPIAR-10028``)."""
+    from cryoset.archives.emdb import normalise_emdb_id
+    from cryoset.archives.empiar import normalise_empiar_id
+    from cryoset.archives.pdb import normalise_pdb_id
+
+    out: dict[str, str] = {}
+    for key, norm, prefix in (("emdb_id", normalise_emdb_id, "EMD-"), ("pdb_id", normalise_pdb_id, ""),
+                              ("empiar_id", normalise_empiar_id, "EMPIAR-")):
+        value = exp.get(key)
+        if value is None:
+            continue
+        try:
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError
+            out[key] = prefix + norm(str(value))
+        except ValueError:
+            raise InputError(src, f"{where}.{key}: not an accession, got {value!r}") from None
+    return out
 
 
 def _message(kind: str) -> str:
@@ -219,11 +247,15 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         base = path.resolve().parent
     if not isinstance(raw, Mapping):
         raise InputError(src, "must be a YAML mapping")
-    allowed = {"name", "experiments", *_SECTIONS}
+    allowed = {"name", "experiments", "curation", *_SECTIONS}
     unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
         raise InputError(src, f"{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
     out: dict[str, Any] = {"name": str(raw.get("name") or "cryoset build"), "base_dir": str(base)}
+    curation = raw.get("curation")
+    if curation is not None and not _ok("str", curation):
+        raise InputError(src, f"curation: {_message('str')} (a `cryoset catalog curate` output), got {curation!r}")
+    out["curation"] = curation
     for name, spec in _SECTIONS.items():
         out[name] = _section(src, name, raw.get(name), spec)
     ctf = out["ctf"]
@@ -248,9 +280,10 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         where = f"experiments[{k}]"
         if not isinstance(exp, Mapping):
             raise InputError(src, f"{where}: must be a mapping")
-        unknown = sorted(set(map(str, exp)) - {"id", "simulated", "local"})
+        unknown = sorted(set(map(str, exp)) - {"id", "simulated", "local", *_ARCHIVE_IDS})
         if unknown:
-            raise InputError(src, f"{where}.{unknown[0]}: unknown key (allowed: id, simulated, local)")
+            raise InputError(src, f"{where}.{unknown[0]}: unknown key (allowed: id, simulated, local, "
+                             f"{', '.join(_ARCHIVE_IDS)})")
         eid = exp.get("id")
         if not isinstance(eid, str) or not _ID.match(eid):
             raise InputError(src, f"{where}.id: must be letters, digits, '.', '_' or '-', got {eid!r}")
@@ -272,5 +305,6 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
                 raise InputError(src, f"{where}.simulated.protein_length: must be at least 5")
         elif out["pick"]["diameter_a"] is None:
             raise InputError(src, f"pick.diameter_a: is required for local experiment {eid!r}")
-        out["experiments"].append({"id": eid, "kind": kind, "params": params})
+        out["experiments"].append({"id": eid, "kind": kind, "params": params,
+                                   "archive": _archive_ids(src, where, exp)})
     return out

@@ -18,7 +18,9 @@ extract        what ``cryoset extract`` writes (:func:`cryoset.workflows.pick.ru
 classify       what ``cryoset classify2d --rounds N`` writes (round 1, then ``round2/``…,
                each round on the particles the previous kept)
 store          ``summary.json``, ``annotations.parquet``; the experiment (every extracted
-               particle, rejected ones labelled) is appended to the particle store
+               particle, rejected ones labelled) is appended to the particle store, with
+               the experiment-level columns of its archive records and curation
+               (:func:`experiment_columns`)
 report         ``report.html`` and ``averages.png``
 =============  =====================================================================
 
@@ -53,10 +55,24 @@ def stage_parameters(stage: str, exp: Mapping[str, Any], cfg: Mapping[str, Any])
         if exp["kind"] == "local":
             params["files"] = [(p.name, _file_digest(p)) for p in local_micrographs(exp, cfg)]
         return params
-    if stage in ("ctf", "pick", "extract", "classify"):
+    if stage == "pick":  # the files it reads enter by content, not only by path
+        params = dict(cfg["pick"])
+        contents = {key: _tree_digest(path) for key, path in (
+            ("templates", _config_path(cfg, params["templates"])), ("mask_dir", _config_path(cfg, params["mask_dir"])),
+            ("import_dir", _import_dir(exp, cfg))) if path is not None}  # fmt: skip
+        if contents:
+            params["contents"] = contents
+        return params
+    if stage in ("ctf", "extract", "classify"):
         return dict(cfg[stage])
     if stage == "store":  # the store holds the curated annotations: duplicates decide `kept`
-        return {**cfg["store"], "duplicates": dict(cfg["duplicates"]), "experiment_id": exp["id"]}
+        params = {**cfg["store"], "duplicates": dict(cfg["duplicates"]), "experiment_id": exp["id"]}
+        if exp.get("archive"):  # the experiment-level columns (only when named: old hashes hold)
+            params["archive"] = dict(exp["archive"])
+        curation = _config_path(cfg, cfg.get("curation"))
+        if curation is not None:
+            params["curation"] = _tree_digest(curation)
+        return params
     return {}
 
 
@@ -64,6 +80,24 @@ def _file_digest(path: Path) -> str:
     from cryoset.provenance import sha256_file
 
     return sha256_file(path)
+
+
+def _tree_digest(path: Path) -> str | list[tuple[str, str]] | None:
+    """The SHA-256 of a file, of every file under a directory (by relative path), or None
+    when ``path`` does not exist (the stage itself reports that)."""
+    if path.is_file():
+        return _file_digest(path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        return [(f.relative_to(path).as_posix(), _file_digest(f)) for f in files]
+    return None
+
+
+def _import_dir(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path | None:
+    """The coordinates ``pick.method: import`` reads as configured: the experiment's
+    ``import_dir``, else ``pick.import_dir`` (None: neither; a simulated experiment then
+    imports its true coordinates, which its ``micrographs`` stage hash covers)."""
+    return _config_path(cfg, exp["params"].get("import_dir") or cfg["pick"]["import_dir"])
 
 
 def local_micrographs(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[Path]:
@@ -205,7 +239,7 @@ def pick_params(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, **ch
     from cryoset.workflows.pick import PickParams
 
     c = dict(cfg["pick"])
-    import_dir = _config_path(cfg, exp["params"].get("import_dir") or c["import_dir"])
+    import_dir = _import_dir(exp, cfg)
     if c["method"] == "import" and import_dir is None and exp["kind"] == "simulated":
         import_dir = work / "micrographs" / "coordinates"
     c.update(diameter_a=particle_diameter_a(work, cfg), pixel_size_a=float(exp["params"]["pixel_size_a"]),
@@ -354,6 +388,86 @@ def build_annotations(exp: Mapping[str, Any], work: Path, cfg: Mapping[str, Any]
     return ann
 
 
+def _max_diameter_a(xyz: np.ndarray) -> float:
+    """Largest distance between two atoms (over the convex hull's vertices), Å."""
+    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial.distance import pdist
+
+    pts = xyz
+    if len(xyz) > 4:
+        try:
+            pts = xyz[ConvexHull(xyz).vertices]
+        except QhullError:  # flat or degenerate: every pair
+            pts = xyz
+    return float(pdist(pts).max()) if len(pts) > 1 else 0.0
+
+
+def experiment_columns(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment-level store columns: from the archive records the experiment names and
+    the ``split`` of the catalogue curation file (``curation``), one value per column.
+
+    EMDB header → ``emdb_id``, ``emd_resolution_a``, ``molecular_weight_kda`` (MDa × 1000),
+    ``symmetry`` and, when no ``pdb_id`` is named, the first fitted PDB id; PDB model
+    (mmCIF) → ``pdb_id``, ``subunits`` (polymer chains), ``dna`` / ``rna`` (a polymer chain of
+    that type), ``max_diameter_a`` (largest distance between two polymer atoms). Records are
+    read through the cached, size-limited :class:`~cryoset.archives.download.HttpClient` of
+    ``cryoset fetch`` (cache ``archives.cache``, ``archives.offline``; URLs from the
+    ``CRYOSET_EMDB_FILES_URL`` / ``CRYOSET_PDB_FILES_URL`` environment variables). The
+    curation row is the one whose ``experiment_id`` is the experiment's id, its
+    ``EMPIAR-…`` or its ``EMD-…`` id; an experiment the file lacks is an InputError.
+    """
+    ids: Mapping[str, str] = exp.get("archive") or {}
+    cols: dict[str, Any] = {}
+    if "empiar_id" in ids:
+        cols["empiar_id"] = ids["empiar_id"]
+    if "emdb_id" in ids or "pdb_id" in ids:
+        from cryoset.archives import emdb, pdb
+        from cryoset.archives.download import HttpClient
+        from cryoset.io.structure import read_structure
+
+        arch = cfg.get("archives") or {}
+        cache = _config_path(cfg, arch.get("cache")) or Path(
+            os.environ.get("CRYOSET_CACHE", Path.home() / ".cache" / "cryoset"))
+        http = HttpClient(cache_dir=cache, offline=bool(arch.get("offline", False)))
+        pdb_id = ids.get("pdb_id")
+        if "emdb_id" in ids:
+            entry = emdb.EmdbClient(http, os.environ.get("CRYOSET_EMDB_FILES_URL", emdb.DEFAULT_FILES)
+                                    ).entry(ids["emdb_id"])
+            mw = entry.molecular_weight_mda
+            cols.update(emdb_id=f"EMD-{entry.emdb_id}", emd_resolution_a=entry.resolution_a,
+                        molecular_weight_kda=None if mw is None else mw * 1000.0,
+                        symmetry=entry.symmetry or None)
+            if pdb_id is None and entry.pdb_ids:
+                pdb_id = entry.pdb_ids[0]
+        if pdb_id is not None:
+            client = pdb.PdbClient(http, os.environ.get("CRYOSET_PDB_FILES_URL", pdb.DEFAULT_FILES))
+            atoms = read_structure(http.download(client.model_request(pdb_id))).atoms
+            poly = atoms[atoms["is_polymer"].to_numpy(dtype=bool)]
+            types = {t for v in poly["polymer_type"].astype(str) for t in v.split("/")}
+            cols.update(pdb_id=pdb.normalise_pdb_id(pdb_id), subunits=int(poly["chain"].nunique()),
+                        dna=int("dna" in types), rna=int("rna" in types),
+                        max_diameter_a=_max_diameter_a(poly[["x_a", "y_a", "z_a"]].to_numpy(dtype=np.float64)))
+    curation = _config_path(cfg, cfg.get("curation"))
+    if curation is not None:
+        if not curation.is_file():
+            raise InputError(curation, "no such curation file (the `cryoset catalog curate` output)")
+        try:
+            table = (pd.read_csv(curation, dtype=str, keep_default_na=False)
+                     if curation.suffix.lower() == ".csv" else pd.read_parquet(curation))
+        except (OSError, ValueError) as exc:  # unreadable, not CSV/Parquet, bad text
+            raise InputError(curation, f"cannot read the curation table ({' '.join(str(exc).split())})") from None
+        if not {"experiment_id", "split"} <= set(table.columns):
+            raise InputError(curation, "has no experiment_id and split columns (a `cryoset catalog curate` output)")
+        names = [exp["id"], ids.get("empiar_id"), ids.get("emdb_id")]
+        rows = table[table["experiment_id"].astype(str).isin([n for n in names if n])]
+        if rows.empty:
+            raise InputError(curation, f"has no row for experiment {exp['id']!r} "
+                             f"(experiment_id {', '.join(n for n in names if n)})")
+        split = rows["split"].iloc[0]
+        cols["split"] = str(split) if isinstance(split, str) and split else None
+    return cols
+
+
 def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path,
               *, store_root: Path, build_hash: str) -> dict[str, Any]:
     """Append the experiment to the particle store (once; recovered after a crash)."""
@@ -375,6 +489,8 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
     from cryoset.workflows.particle_images import load_star
 
     ann = build_annotations(exp, work, cfg)
+    for column, value in experiment_columns(exp, cfg).items():
+        ann[column] = value
     stack = load_star(work / "extract" / "particles.star").images
     if len(ann) == 0:
         (out / "summary.json").write_text(json.dumps({"particles": 0}))

@@ -8,10 +8,13 @@ Physics API (see docs/simulate-physics.md):
 * :mod:`cryoset.simulate.projection` — :func:`project_fourier` (batched Fourier-slice),
   :func:`project_real` (reference).
 * :mod:`cryoset.simulate.density` — :func:`simulate_map` at a target resolution.
+
+The files a simulation writes (``cryoset simulate …``) are written by
+:mod:`cryoset.workflows.simulate`.
 """
 
 from cryoset.fourier.slices import central_slice_coordinates
-from cryoset.simulate.density import simulate_map, write_simulated_map
+from cryoset.simulate.density import simulate_map
 from cryoset.simulate.potential import (
     center_of_mass,
     potential_volume,
@@ -39,5 +42,4 @@ __all__ = [
     "scattering_factor",
     "scattering_parameters",
     "simulate_map",
-    "write_simulated_map",
 ]

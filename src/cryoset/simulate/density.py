@@ -19,15 +19,12 @@ Both keep the grid and frame of the caller: voxel ``[k, j, i]`` is centred at
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cryoset.provenance import make_provenance
 from cryoset.simulate.potential import DEFAULT_CUTOFF_SIGMA, potential_volume
 
 #: σ of the "gaussian" method per Å of resolution (Chimera molmap default, 1/(π√2)).
@@ -128,31 +125,3 @@ def simulate_map(
                                cutoff_sigma=cutoff_sigma, permissive=permissive)
         return lowpass_filter(vol, voxel_size_a, resolution_a)
     raise ValueError(f"method must be 'gaussian' or 'lowpass', got {method!r}")
-
-
-def write_simulated_map(path: str | os.PathLike[str], volume: ArrayLike, voxel_size_a: float,
-                        origin_a: Sequence[float] = (0.0, 0.0, 0.0), *,
-                        parameters: Mapping[str, Any] | None = None,
-                        inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
-    """Write a simulated map as MRC (atomic, with a provenance sidecar).
-
-    Parameters
-    ----------
-    path
-        Output ``.mrc`` path.
-    volume : array, shape (nz, ny, nx)
-    voxel_size_a, origin_a
-        Grid as passed to :func:`simulate_map`.
-    parameters
-        Simulation parameters recorded in the provenance (resolution, method, …).
-    inputs
-        Input files (e.g. the model) hashed into the provenance.
-
-    Returns
-    -------
-    Path
-    """
-    from cryoset.io.mrc import write_map
-
-    record = make_provenance("simulate map", parameters, inputs)
-    return write_map(path, volume, voxel_size_a, origin_a, provenance=record)

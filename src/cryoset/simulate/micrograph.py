@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -747,78 +746,3 @@ def simulate_micrograph(atoms: AtomSet, settings: MicrographSettings, seed: int,
         "defocus_angle_deg": [c.defocus_angle_deg for c in ctfs],
     })
     return SimulatedMicrograph(image, picks, ctf0, carbon, contam_mask, counts_per_px, name)
-
-
-# --- output ------------------------------------------------------------------------------
-
-def write_micrograph_set(out_dir: Path, micrographs: list[SimulatedMicrograph],
-                         settings: MicrographSettings, *,
-                         provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write simulated micrographs and their truth into ``out_dir`` (which must exist).
-
-    Layout::
-
-        micrographs/<name>.mrc     counts, float32 (one image, ISPG 0)
-        coords/<stem>.star         truth coordinates: rlnCoordinateX/Y, rlnAngleRot/Tilt/Psi,
-                                   rlnDefocusU/V/Angle (local CTF) per particle
-        micrographs_ctf.star       RELION 3.1 optics + micrographs blocks (CTF at the centre)
-        truth_picks.csv            all particles: canonical picks columns + pose + defocus
-        masks/<stem>.png           carbon ∪ contamination, 255 = reject (for ``pick --mask-dir``)
-
-    Coordinates follow :mod:`cryoset.io.particles` (``rlnCoordinateX`` = ``x_px``).
-
-    Returns
-    -------
-    dict
-        Counts and paths (relative to ``out_dir``), JSON-serialisable.
-    """
-    from cryoset.io.micrograph_star import write_micrograph_star
-    from cryoset.io.mrc import write_stack
-    from cryoset.io.relion_labels import TRUTH_COORDINATE_LABELS
-    from cryoset.io.star import write_star
-
-    comment = None
-    if provenance is not None:
-        comment = f"cryoset {provenance.get('cryoset_version', '')} {provenance.get('command', '')}"
-    (out_dir / "micrographs").mkdir(exist_ok=True)
-    (out_dir / "coords").mkdir(exist_ok=True)
-    (out_dir / "masks").mkdir(exist_ok=True)
-    from PIL import Image
-
-    from cryoset.io.atomic import atomic_path
-
-    rows: list[dict[str, Any]] = []
-    for mic in micrographs:
-        name = mic.name
-        write_stack(out_dir / "micrographs" / name, mic.image, settings.pixel_size_a)
-        coords = pd.DataFrame({label: mic.picks[col].to_numpy() for col, label in TRUTH_COORDINATE_LABELS})
-        write_star(out_dir / "coords" / (Path(name).stem + ".star"), {"": coords}, comment=comment)
-        reject = (mic.carbon_mask | mic.contamination_mask).astype(np.uint8) * 255
-        with atomic_path(out_dir / "masks" / (Path(name).stem + ".png")) as tmp:
-            Image.fromarray(reject).save(tmp, format="PNG")
-        c = mic.ctf
-        rows.append({
-            "micrograph": f"micrographs/{name}",
-            "defocus_u_a": c.defocus_u_a,
-            "defocus_v_a": c.defocus_v_a,
-            "ctf_astigmatism_a": c.astigmatism_a,
-            "defocus_angle_deg": c.defocus_angle_deg,
-            "phase_shift_deg": c.phase_shift_deg,
-        })
-    ctf_table = pd.DataFrame(rows, columns=["micrograph", "defocus_u_a", "defocus_v_a", "ctf_astigmatism_a",
-                                            "defocus_angle_deg", "phase_shift_deg"])
-    ctf_table["pixel_size_a"] = settings.pixel_size_a
-    ctf_table["voltage_kv"] = settings.voltage_kv
-    ctf_table["cs_mm"] = settings.cs_mm
-    ctf_table["amplitude_contrast"] = settings.amplitude_contrast
-    write_micrograph_star(out_dir / "micrographs_ctf.star", ctf_table, comment=comment)
-    picks = pd.concat([m.picks for m in micrographs], ignore_index=True) if micrographs else \
-        pd.DataFrame(columns=["micrograph", "x_px", "y_px", "score", "diameter_px"])
-    with atomic_path(out_dir / "truth_picks.csv") as tmp:
-        picks.to_csv(tmp, index=False)
-    return {
-        "micrographs": len(micrographs),
-        "particles": len(picks),
-        "micrograph_star": "micrographs_ctf.star",
-        "truth_picks": "truth_picks.csv",
-    }

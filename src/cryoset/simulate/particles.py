@@ -23,8 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -246,38 +244,3 @@ def simulate_particles(atoms: AtomSet, settings: ParticleSettings, seed: int, *,
         "shift_y_a": np.where(has_pose, -shifts[:, 1], np.nan),
     })
     return SimulatedParticles(np.ascontiguousarray(images, dtype=np.float32), table, sigma)
-
-
-def write_particle_set(out_dir: Path, result: SimulatedParticles, *,
-                       stack_name: str = "particles.mrcs",
-                       provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write a simulated stack into ``out_dir`` (which must exist).
-
-    Files: ``particles.mrcs`` (float32 stack), ``particles.star`` (RELION 3.1, optics +
-    particles, via :func:`cryoset.io.particles.write_particles`; junk images included, the
-    ``kind`` column is left out of the STAR file) and ``truth.csv`` (the full table with
-    ``kind``).
-
-    Returns
-    -------
-    dict
-        Counts per kind and file names, JSON-serialisable.
-    """
-    from cryoset.io.atomic import atomic_path
-    from cryoset.io.mrc import write_stack
-    from cryoset.io.particles import write_particles
-
-    pixel = float(result.table["pixel_size_a"].iloc[0])
-    write_stack(out_dir / stack_name, result.images, pixel)
-    table = result.table.copy()
-    table.insert(1, "image_path", stack_name)
-    star = table.drop(columns=["kind"]).fillna(
-        {"rot_deg": 0.0, "tilt_deg": 0.0, "psi_deg": 0.0, "shift_x_a": 0.0, "shift_y_a": 0.0})
-    star["optics_group"] = 1
-    star["optics_group_name"] = "opticsGroup1"
-    write_particles(out_dir / "particles.star", star, provenance=provenance)
-    with atomic_path(out_dir / "truth.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    counts = {str(k): int(v) for k, v in table["kind"].value_counts().items()}
-    return {"images": len(table), "kinds": counts, "stack": stack_name,
-            "star": "particles.star", "truth": "truth.csv"}

@@ -23,10 +23,7 @@ not call them ``E``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import gemmi
 import numpy as np
@@ -34,7 +31,6 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import atomic_path
 
 #: Ideal bond lengths (Å) and angles (degrees) of the peptide backbone (Engh & Huber 1991).
 BOND_N_CA_A = 1.458
@@ -544,32 +540,6 @@ def _gemmi_model_takes_int() -> bool:
     except TypeError:
         return False
     return True
-
-
-def write_structure(protein: Protein, path: str | os.PathLike[str], *,
-                    provenance: dict[str, Any] | None = None) -> Path:
-    """Write ``protein`` as PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``), atomically.
-
-    PDB output carries HELIX/SHEET records, mmCIF output ``_struct_conf`` and
-    ``_struct_sheet_range``. A provenance record (if given) is written as the sidecar
-    ``<path>.provenance.json``.
-    """
-    out = Path(path)
-    suffix = out.suffix.lower()
-    st = to_gemmi_structure(protein)
-    if suffix in (".pdb", ".ent"):
-        text = st.make_pdb_string()
-    elif suffix in (".cif", ".mmcif"):
-        text = st.make_mmcif_document().as_string()
-    else:
-        raise InputError(out, "unknown structure suffix (use .pdb or .cif)")
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    if provenance is not None:
-        from cryoset.provenance import write_provenance
-
-        write_provenance(out, provenance)
-    return out
 
 
 def secondary_structure_from_structure(st: gemmi.Structure, n_residues: int) -> str:

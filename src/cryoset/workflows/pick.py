@@ -205,9 +205,6 @@ class PickParams:
     format: str = "star"
 
 
-#: Default score thresholds per method (blob: noise units; template: NCC; import: none).
-DEFAULT_THRESHOLDS: dict[str, float | None] = {"blob": 3.5, "template": 0.2, "import": None}
-PICK_METHODS = ("blob", "template", "import")
 #: Every pick with its scores and inspection verdict, written by :func:`run_pick` beside the
 #: coordinate files (read by :func:`cryoset.workflows.curate.particle_annotations`).
 SCORES_FILE = "picks_scores.parquet"
@@ -240,34 +237,35 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
     """
     from cryoset.io.atomic import staged_directory
     from cryoset.io.coords import FORMATS, write_coords
-    from cryoset.picking.blob import BlobSettings, pick_blobs
-    from cryoset.picking.imported import score_imported
+    from cryoset.picking.base import PickerInputs, available_pickers
     from cryoset.picking.inspection import InspectionSettings, inspect_picks
-    from cryoset.picking.template import TemplateSettings, check_templates, pick_templates
+    from cryoset.picking.template import check_templates
     from cryoset.provenance import make_provenance, write_provenance
 
     diameter_a = params.diameter_a
     if diameter_a is None or not (math.isfinite(diameter_a) and diameter_a > 0):
         raise InputError("--diameter-a", f"must be a positive number of Å, got {diameter_a}")
     method, threshold, fmt = params.method, params.threshold, params.format
-    if method not in PICK_METHODS:
-        raise InputError("--method", f"must be blob, template or import, not {method!r}")
+    pickers = available_pickers()
+    if method not in pickers:
+        raise InputError("--method", f"must be one of {', '.join(sorted(pickers))}, not {method!r}")
+    picker_class = pickers[method]
     if fmt not in FORMATS or fmt == "cryoppp":
         raise InputError("--format", f"unknown coordinate format {fmt!r}")
     templates = params.templates
     tmpl: Any = None
     tmpl_px = 0.0
-    if method == "template":
+    if "templates" in picker_class.needs:
         from cryoset.io.mrc import read_stack
 
         if templates is None:
-            raise InputError("--templates", "--method template needs --templates")
+            raise InputError("--templates", f"--method {method} needs --templates")
         st = read_stack(templates)
         tmpl = check_templates(st.data[:], templates)
         tmpl_px = float(params.template_pixel_size_a or st.pixel_size_a or 0.0)
     import_dir = params.import_dir
-    if method == "import" and import_dir is None:
-        raise InputError("--import-dir", "--method import needs --import-dir")
+    if "picks" in picker_class.needs and import_dir is None:
+        raise InputError("--import-dir", f"--method {method} needs --import-dir")
     inspection = InspectionSettings(min_ncc=params.min_ncc, min_power=params.min_power,
                                     max_power=params.max_power,
                                     max_ctf_resolution_a=params.max_ctf_resolution_a)
@@ -296,28 +294,19 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
                 image, px = _read_micrograph(path, params.pixel_size_a)
                 name = path.name
                 heights[micrograph_key(name)] = int(image.shape[0])
-                if method == "blob":
-                    s = BlobSettings(diameter_a, threshold=3.5 if threshold is None else threshold,
-                                     min_distance_fraction=params.min_distance_fraction, dark_particles=dark)
-                    df = pick_blobs(image, px, s, micrograph=name)
-                elif method == "template":
-                    ts = TemplateSettings(diameter_a, threshold=0.2 if threshold is None else threshold,
-                                          min_distance_fraction=params.min_distance_fraction,
-                                          dark_particles=dark)
-                    df = pick_templates(image, px, tmpl, tmpl_px or px, ts, micrograph=name,
-                                        source=templates or "templates")
-                else:
+                imp = None
+                if "picks" in picker_class.needs:
                     if import_dir is None:  # checked above; keeps the type checker informed
-                        raise InputError("--import-dir", "--method import needs --import-dir")
+                        raise InputError("--import-dir", f"--method {method} needs --import-dir")
                     imp = _picks_for(import_dir, micrograph_key(name), image.shape)
                     if imp is None:
                         raise InputError(import_dir, f"has no picks for {name}")
                     imp["micrograph"] = name
-                    df = score_imported(image, imp, diameter_a / px,
-                                        min_distance_fraction=params.min_distance_fraction,
-                                        dark_particles=dark)
-                    if threshold is not None:
-                        df = df[df["score"] >= threshold].reset_index(drop=True)
+                picker = picker_class.from_inputs(PickerInputs(
+                    diameter_a, px, threshold=threshold, min_distance_fraction=params.min_distance_fraction,
+                    dark_particles=dark, templates=tmpl, template_pixel_size_a=tmpl_px or px,
+                    template_source=templates or "templates", picks=imp))
+                df = picker.pick(image, px, micrograph=name)
                 df["micrograph_pixel_size_a"] = px
                 masks = None
                 if params.mask_dir is not None:

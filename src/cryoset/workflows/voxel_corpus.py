@@ -11,7 +11,7 @@ top of the atoms' own B-factors, clipped to [5, 150] Å²), with
 * masked solvent: with probability ½ the map is multiplied by a soft mask 3–6 Å around the
   model, as many deposited maps are;
 
-then runs it through :func:`cryoset.maps.dataset.prepare_map` (1 Å, normalisation, labels,
+then runs it through :func:`cryoset.workflows.maps.prepare_map` (1 Å, normalisation, labels,
 sub-grids). Splits are by *structure group* (all variants of a structure, and structures
 named in one group, e.g. the open and closed adenylate kinase, share a split), seeded, so no
 chain is in two splits. ``metadata.parquet`` is the ``map build`` table, so
@@ -77,7 +77,8 @@ def simulate_training_map(
     """
     from scipy import ndimage
 
-    from cryoset.simulate.density import lowpass_filter, simulate_map, write_simulated_map
+    from cryoset.simulate.density import lowpass_filter, simulate_map
+    from cryoset.workflows.simulate import write_simulated_map
 
     rng = np.random.default_rng(seed)
     atoms = _atoms_table(Path(structure))
@@ -154,7 +155,8 @@ def build_voxel_corpus(
         Structure file stem → group name; structures of one group share a split (default:
         each structure its own group).
     """
-    from cryoset.maps.dataset import PrepareOptions, prepare_map, write_metadata
+    from cryoset.maps.dataset import PrepareOptions
+    from cryoset.workflows.maps import prepare_map, write_metadata
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
