@@ -385,3 +385,24 @@ def test_shipped_network_builds_a_model_it_never_saw(prepared: Path, tmp_path: P
     assert result["comparison"]["pct_matched"] >= 80.0
     assert result["comparison"]["rmsd_a"] < 1.5
     assert (tmp_path / "model_prediction" / "ca_prob.mrc").is_file()
+
+
+def test_voxel_corpus_is_reproducible(shared_data: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """``train voxel-corpus``: same seed, same maps (voxel for voxel) and splits; labels and sub-grids present."""
+    import pandas as pd
+
+    from cryoset.io.mrc import read_map
+
+    structure = shared_data / "structures" / "5a7u.pdb"
+    for name in ("a", "b"):
+        code, out, err = run_cli("train", "voxel-corpus", structure, "-o", tmp_path / name, "--variants", "2",
+                                 "--seed", "3", "--json")
+        assert code == 0, err
+    table = pd.read_parquet(tmp_path / "a" / "metadata.parquet")
+    assert list(table["status"]) == ["ok", "ok"] and table["split"].nunique() == 1
+    assert ((table["resolution_a"] >= 2.5) & (table["resolution_a"] <= 5.0)).all()
+    for entry in table["emdb_id"]:
+        a, b = tmp_path / "a" / entry, tmp_path / "b" / entry
+        ma, mb = read_map(a / "map.mrc"), read_map(b / "map.mrc")  # headers differ only in provenance labels
+        assert np.array_equal(ma.data, mb.data) and ma.origin_a == mb.origin_a
+        assert (a / "subgrids.zarr").is_dir() and (a / "atom_ca_emd_normalized_map.mrc").is_file()
