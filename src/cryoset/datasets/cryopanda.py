@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from cryoset.errors import InputError
-from cryoset.store.exports import read_hdf5_annotations
+from cryoset.store.exports import read_hdf5_annotations, read_hdf5_layout
 
 #: The published annotation keys in their order: (key, store column, conversion).
 #: Conversions: ``=`` the value as is (units already those of the column name);
@@ -235,29 +235,8 @@ def _published_table(raw: dict[str, list[Any]]) -> tuple[pd.DataFrame, dict[str,
 def _read_layout(p: Path) -> tuple[int, int, np.dtype[Any], dict[str, list[Any]]]:
     """Image count, width, dtype and the parsed annotations of a file, checked as
     :func:`read_annotations` checks them (InputError naming the file)."""
-    import h5py
-
-    try:
-        h5 = h5py.File(p, "r")
-    except OSError as exc:
-        raise InputError(p, f"is not a readable HDF5 file ({exc})") from None
-    with h5:
-        if "images" not in h5 or "annotations" not in h5:
-            raise InputError(p, "lacks the 'images' and/or 'annotations' datasets")
-        shape, dtype = h5["images"].shape, h5["images"].dtype
-        text = h5["annotations"][()]
-    if len(shape) != 3:
-        raise InputError(p, f"images must be (n, y, x), got shape {shape}")
-    try:
-        raw: Any = json.loads(text.decode() if isinstance(text, bytes) else str(text))
-    except ValueError as exc:
-        raise InputError(p, f"annotations are not valid JSON ({exc})") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
-        raise InputError(p, "annotations are not a JSON dict of lists")
-    lengths = {len(v) for v in raw.values()}
-    if lengths and lengths != {shape[0]}:
-        raise InputError(p, f"annotation lists have lengths {sorted(lengths)} for {shape[0]} images")
-    return int(shape[0]), int(shape[2]), dtype, raw
+    shape, dtype, raw = read_hdf5_layout(p)
+    return shape[0], shape[2], dtype, raw
 
 
 def import_cryopanda(path: str | os.PathLike[str], store: Any, experiment_id: str | None = None, *,

@@ -200,11 +200,11 @@ def export_hdf5(store: ParticleStore, selection: Selection, path: str | os.PathL
     return Path(path)
 
 
-def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The ``annotations`` of a cryoPANDA-style HDF5 file as a table (one row per image).
+def read_hdf5_layout(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype[Any], dict[str, list[Any]]]:
+    """Check a cryoPANDA-style HDF5 file; return its image shape, image dtype and parsed annotations.
 
-    Checks the layout (``images`` (n, y, x), ``annotations`` a JSON dict of lists of
-    length n) and raises :class:`InputError` naming the file otherwise.
+    The layout: ``images`` (n, y, x) and ``annotations`` a JSON dict of lists of length n;
+    anything else raises :class:`InputError` naming the file. Images are not read.
     """
     import h5py
 
@@ -216,7 +216,7 @@ def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
     with h5:
         if "images" not in h5 or "annotations" not in h5:
             raise InputError(p, "lacks the 'images' and/or 'annotations' datasets")
-        shape = h5["images"].shape
+        shape, dtype = tuple(int(n) for n in h5["images"].shape), h5["images"].dtype
         raw = h5["annotations"][()]
     if len(shape) != 3:
         raise InputError(p, f"images must be (n, y, x), got shape {shape}")
@@ -230,6 +230,15 @@ def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
     lengths = {len(v) for v in annotations.values()}
     if lengths and lengths != {shape[0]}:
         raise InputError(p, f"annotation lists have lengths {sorted(lengths)} for {shape[0]} images")
+    return shape, dtype, annotations
+
+
+def read_hdf5_annotations(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The ``annotations`` of a cryoPANDA-style HDF5 file as a table (one row per image).
+
+    The layout is checked by :func:`read_hdf5_layout` (:class:`InputError` naming the file).
+    """
+    _, _, annotations = read_hdf5_layout(path)
     table = pd.DataFrame(annotations)
     for col in table.columns:
         if table[col].dtype == object:
