@@ -236,6 +236,18 @@ def pick_blobs(
     return BlobPicker(settings).pick(image, pixel_size_a, micrograph=micrograph)
 
 
+def map_peaks(micrograph: PreparedMicrograph, score: ScoreMap, *, threshold: float,
+              min_distance_fraction: float, edge_fraction: float) -> Peaks:
+    """Peaks of a score map above ``threshold``, ``min_distance_fraction`` diameters apart and at
+    least ``edge_fraction`` diameters from the edge (the blob and template pickers' rule)."""
+    assert score.values is not None
+    xy, vals, xy_w = peaks_in_micrograph(
+        score.values, micrograph.factor, micrograph.shape, min_distance_fraction * micrograph.diameter_work_px,
+        threshold=threshold, edge_margin_px=edge_fraction * micrograph.diameter_px,
+    )  # fmt: skip
+    return Peaks(xy, vals, xy_w)
+
+
 @register_picker("blob")
 class BlobPicker(Picker):
     """The blob picker as the four :class:`~cryoset.picking.base.Picker` steps."""
@@ -268,13 +280,9 @@ class BlobPicker(Picker):
         return ScoreMap(blob_response(micrograph.work, diam_work))
 
     def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
-        assert score.values is not None
-        xy, vals, xy_w = peaks_in_micrograph(
-            score.values, micrograph.factor, micrograph.shape,
-            self.settings.min_distance_fraction * micrograph.diameter_work_px,
-            threshold=self.settings.threshold, edge_margin_px=self.settings.edge_fraction * micrograph.diameter_px,
-        )  # fmt: skip
-        return Peaks(xy, vals, xy_w)
+        s = self.settings
+        return map_peaks(micrograph, score, threshold=s.threshold, min_distance_fraction=s.min_distance_fraction,
+                         edge_fraction=s.edge_fraction)
 
     def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
         d_work = micrograph.diameter_work_px

@@ -39,8 +39,8 @@ from cryoset.picking.base import (
     ScoreMap,
     register_picker,
 )
-from cryoset.picking.blob import prepare_micrograph
-from cryoset.picking.peaks import local_power, peaks_in_micrograph, picks_table
+from cryoset.picking.blob import map_peaks, prepare_micrograph
+from cryoset.picking.peaks import local_power, picks_table
 
 __all__ = [
     "TemplatePicker",
@@ -327,13 +327,9 @@ class TemplatePicker(Picker):
         return ScoreMap(ncc, {"template": arg // max(n_angles, 1)})
 
     def peaks(self, micrograph: PreparedMicrograph, score: ScoreMap) -> Peaks:
-        assert score.values is not None
-        xy, vals, xy_w = peaks_in_micrograph(
-            score.values, micrograph.factor, micrograph.shape,
-            self.settings.min_distance_fraction * micrograph.diameter_work_px,
-            threshold=self.settings.threshold, edge_margin_px=self.settings.edge_fraction * micrograph.diameter_px,
-        )  # fmt: skip
-        return Peaks(xy, vals, xy_w)
+        s = self.settings
+        return map_peaks(micrograph, score, threshold=s.threshold, min_distance_fraction=s.min_distance_fraction,
+                         edge_fraction=s.edge_fraction)
 
     def picks(self, micrograph: PreparedMicrograph, score: ScoreMap, peaks: Peaks, name: str) -> pd.DataFrame:
         ij = np.rint(peaks.xy_work).astype(int)
