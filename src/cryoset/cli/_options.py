@@ -323,35 +323,29 @@ def _plain_params(params: list[_click.Parameter]) -> None:
             param.__class__ = _Argument  # Typer has no argument-class hook; _Argument adds no state
 
 
-class VocabularyCommand(TyperCommand):
-    """A command that accepts old spellings (with a notice) and prints no Python types in help."""
+class _PlainHelp(_click.Command):
+    """Help with no Python type words: plain parameter classes and a bare ``--help``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain_params(self.params)
 
-    def get_help_option(self, ctx: _click.Context) -> TyperOption | None:
+    def get_help_option(self, ctx: _click.Context) -> Any:
         opt = super().get_help_option(ctx)
         if opt is not None:
             opt.metavar = ""
         return opt
+
+
+class VocabularyCommand(_PlainHelp, TyperCommand):
+    """A command that accepts old spellings (with a notice) and prints no Python types in help."""
 
     def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, rewrite_old_spellings(_command_path(ctx), self, args))
 
 
-class VocabularyGroup(TyperGroup):
+class VocabularyGroup(_PlainHelp, TyperGroup):
     """A command group whose help prints no Python types."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain_params(self.params)
-
-    def get_help_option(self, ctx: _click.Context) -> TyperOption | None:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
 
 
 def use_vocabulary(app: typer.Typer) -> None:
