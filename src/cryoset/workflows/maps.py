@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_directory, atomic_path, staged_directory, write_text_atomic
-from cryoset.io.mrc import read_map, validate_mrc, write_map
+from cryoset.io.mrc import MapData, read_map, validate_mrc, write_map
 from cryoset.maps.dataset import (
     LABEL_FILES,
     NORMALISED_NAME,
@@ -207,6 +207,19 @@ def stitch_zarr(path: PathLike, name: str = "density") -> tuple[NDArray[Any], di
     return stitch(blocks, attrs["map_shape"], int(attrs["box"]), int(attrs["overlap"])), attrs
 
 
+def normalised_map(src: MapData, path: PathLike, options: PrepareOptions = PrepareOptions()
+                   ) -> NDArray[np.float32]:
+    """A read map resampled to ``options.voxel_size_a`` and normalised, as ``map prepare`` writes it.
+
+    A map that cannot be normalised (no positive value) raises :class:`InputError` naming ``path``.
+    """
+    res = resample(src.data, src.voxel_size_a, options.voxel_size_a, method=options.method)
+    try:
+        return normalise(res, percentile=options.percentile, clip=options.clip)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from exc
+
+
 def prepare_map(
     map_path: PathLike,
     out_dir: PathLike,
@@ -242,11 +255,7 @@ def prepare_map(
     # every input is read and checked before anything is written
     src = read_map(mpath)
     loaded = load_model(Path(model_path)) if model_path is not None else None
-    res = resample(src.data, src.voxel_size_a, options.voxel_size_a, method=options.method)
-    try:
-        norm = normalise(res, percentile=options.percentile, clip=options.clip)
-    except ValueError as exc:
-        raise InputError(mpath, str(exc)) from exc
+    norm = normalised_map(src, mpath, options)
     voxel = (options.voxel_size_a,) * 3
     origin = src.origin_a
     labels: LabelMaps | None = None

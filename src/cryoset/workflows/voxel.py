@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_directory, atomic_path
-from cryoset.io.mrc import read_map, write_map
+from cryoset.io.mrc import MapData, read_map, write_map
 from cryoset.provenance import make_provenance
 
 __all__ = ["DEFAULT_CHECKPOINT", "model_build", "predict_map", "resolve_checkpoint"]
@@ -51,19 +51,12 @@ def resolve_checkpoint(checkpoint: PathLike | None) -> Path:
     return DEFAULT_CHECKPOINT
 
 
-def _prepared_volume(map_path: Path, voxel_size_a: float = 1.0) -> tuple[NDArray[np.float32], Any]:
-    from cryoset.maps.normalise import normalise
-    from cryoset.maps.resample import resample
+def _prepared_volume(map_path: Path) -> tuple[NDArray[np.float32], MapData]:
+    """The map on the network's grid (1 Å), normalised as ``map prepare`` does, and the map read."""
+    from cryoset.workflows.maps import normalised_map
 
-    src = read_map(map_path)
-    if not np.isfinite(src.data).all():
-        raise InputError(map_path, "holds NaN or infinite voxels")
-    res = resample(src.data, src.voxel_size_a, voxel_size_a)
-    try:
-        norm = normalise(res)
-    except ValueError as exc:
-        raise InputError(map_path, str(exc)) from None
-    return norm, src
+    src = read_map(map_path)  # strict: NaN voxels are refused here
+    return normalised_map(src, map_path), src
 
 
 def predict_map(
@@ -178,25 +171,20 @@ def model_build(
     n_res = sum(len(s) for s in sequences)
     requested = threshold
     # The HMM needs at least one candidate per residue: halve the threshold until there are
-    # enough (down to MIN_CA_THRESHOLD), and report the threshold used.
-    # Local maxima first; if they are too few (broad Cα blobs), greedy suppression at
-    # GREEDY_DISTANCE_A (Cα atoms are ≥ 3.8 Å apart along a chain).
-    peaks = "local maxima"
-    while True:
-        cands = extract_candidates(ca.data, aa, voxel_size_a=ca.voxel_size_a, origin_a=ca.origin_a,
-                                   threshold=threshold, min_distance_a=min_distance_a)
-        if len(cands) >= n_res or threshold / 2 < MIN_CA_THRESHOLD:
-            break
-        threshold /= 2
-    if len(cands) < n_res:
-        peaks, threshold = "greedy", requested
+    # enough (down to MIN_CA_THRESHOLD). Local maxima first; if they stay too few (broad Cα
+    # blobs), greedy suppression, where every voxel above the threshold competes.
+    for local in (True, False):
+        threshold = requested
         while True:
             cands = extract_candidates(ca.data, aa, voxel_size_a=ca.voxel_size_a, origin_a=ca.origin_a,
-                                       threshold=threshold, min_distance_a=max(min_distance_a, GREEDY_DISTANCE_A),
-                                       local_maxima=False)
+                                       threshold=threshold, min_distance_a=min_distance_a if local else
+                                       max(min_distance_a, GREEDY_DISTANCE_A), local_maxima=local)
             if len(cands) >= n_res or threshold / 2 < MIN_CA_THRESHOLD:
                 break
             threshold /= 2
+        if len(cands) >= n_res:
+            break
+    peaks = "local maxima" if local else "greedy"
     if len(cands) < n_res:
         raise InputError(map_path, f"only {len(cands)} Cα candidates above {threshold:.3g} for {n_res} residues "
                                    "(the map is not of this sequence, or is too small for it)")
