@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from cryoset.cli._options import echo_json, json_option, option
+from cryoset.cli._progress import count_progress
 from cryoset.errors import InputError
-
-
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
 
 
 def _check_map(path: Path) -> None:
@@ -53,7 +45,7 @@ def register(app: typer.Typer) -> None:
 
         _check_map(map_path)
         require_directory_location(out, "--out")  # before minutes of inference, not after
-        with _progress() as bar:
+        with count_progress() as bar:
             task = bar.add_task("sub-grids", total=None)
             summary = predict_map(map_path, out, checkpoint=checkpoint, batch_size=batch_size, device=device,
                                   on_batch=lambda done, total: bar.update(task, completed=done, total=total),
@@ -99,7 +91,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(sequence, "no such FASTA file")
         if reference is not None and not reference.is_file():
             raise InputError(reference, "no such model file")
-        with _progress() as bar:
+        with count_progress() as bar:
             task = bar.add_task("sub-grids", total=None)
             result = model_build(map_path, sequence, out, checkpoint=checkpoint, reference=reference,
                                  threshold=threshold, min_distance_a=min_distance_a, batch_size=batch_size,

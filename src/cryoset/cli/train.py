@@ -10,18 +10,17 @@ from typing import Any
 import typer
 
 from cryoset.cli._options import echo_json, json_option, option
+from cryoset.cli._progress import count_progress
 from cryoset.errors import InputError
 
+
+def _loss_progress() -> Any:
+    from rich.progress import TextColumn
+
+    return count_progress(TextColumn("{task.fields[loss]}"))
+
+
 train_app = typer.Typer(help="Train the reference models.", no_args_is_help=True)
-
-
-def _progress() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[loss]}"),
-                    console=Console(stderr=True), transient=True)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -96,7 +95,7 @@ def voxel_cmd(
         raise InputError("--device", f"must be auto, cpu or cuda, got {device!r}")
     prov = make_provenance("train voxel", {"model": model_cfg.to_json(), "train": repr(settings)}, [config])
     run.mkdir(parents=True, exist_ok=True)
-    with _progress() as bar:
+    with _loss_progress() as bar:
         task = bar.add_task("epoch", total=None, loss="")
         state = {"epoch": 0}
 
@@ -160,7 +159,7 @@ def voxel_corpus_cmd(
         if not f.is_file():
             raise InputError(f, "no such structure file")
         read_structure(f)  # a file that is not a usable model is refused before anything is written
-    with _progress() as bar:
+    with _loss_progress() as bar:
         task = bar.add_task("maps", total=len(files) * variants, loss="")
         table = build_voxel_corpus(files, out, groups=groups, options=CorpusOptions(variants=variants, seed=seed),
                                    on_done=lambda row: bar.advance(task), argv=sys.argv)
