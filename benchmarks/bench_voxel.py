@@ -114,15 +114,9 @@ def _realism(shared: Path, corpus: Path, table: pd.DataFrame) -> dict[str, Any]:
 
 
 def _fasta_from_model(model: Path, out: Path) -> Path:
-    from cryoset.trace.model import read_ca_table
-    from cryoset.trace.residues import ONE_LETTER, three_to_index
+    from cryoset.trace.model import model_sequences
 
-    table = read_ca_table(model)
-    lines = []
-    for cid, rows in table.groupby("chain", sort=False):
-        seq = "".join(ONE_LETTER[k] if k < 20 else "X" for k in (three_to_index(n) for n in rows["residue_name"]))
-        lines += [f">{cid}", seq]
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("".join(f">{cid}\n{seq}\n" for cid, seq in model_sequences(model)))
     return out
 
 

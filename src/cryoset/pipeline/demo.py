@@ -141,12 +141,9 @@ def _number(value: Any) -> float:
 
 def _sequence_of(model: Path) -> str:
     """One-letter sequence of the first chain of a model."""
-    from cryoset.trace.model import read_ca_table
-    from cryoset.trace.residues import ONE_LETTER, three_to_index
+    from cryoset.trace.model import model_sequences
 
-    table = read_ca_table(model)
-    first = table[table["chain"] == table["chain"].iloc[0]]
-    return "".join(ONE_LETTER[k] if k < 20 else "X" for k in (three_to_index(n) for n in first["residue_name"]))
+    return model_sequences(model)[0][1]
 
 
 def _build_config(quick: bool) -> dict[str, Any]:

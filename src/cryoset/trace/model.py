@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from cryoset.errors import InputError
-from cryoset.trace.residues import ONE_LETTER, three_to_index
+from cryoset.trace.residues import one_letter_sequence
 
 #: Formats accepted by :func:`write_traced_model`.
 MODEL_FORMATS: tuple[str, ...] = ("pdb", "cif")
@@ -85,9 +85,7 @@ def write_traced_model(
     for ch in chains:
         if ch.chain_id in mapping:
             raise InputError(path, f"chain id {ch.chain_id!r} is used twice")
-        letters = "".join(
-            ONE_LETTER[k] if k < 20 else "X" for k in (three_to_index(n) for n in ch.residue_names)
-        )
+        letters = one_letter_sequence(ch.residue_names)
         mapping[ch.chain_id] = (letters, np.asarray(ch.positions_a, dtype=np.float64))
     try:
         return write_ca_model(path, mapping, kind, provenance=provenance)
@@ -112,3 +110,10 @@ def read_ca_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     mask = atoms["is_polymer"] & (atoms["polymer_type"] == "protein") & (atoms["atom_name"] == "CA")
     cols = ["chain", "residue_number", "insertion_code", "residue_name", "x_a", "y_a", "z_a"]
     return atoms.loc[mask, cols].reset_index(drop=True)
+
+
+def model_sequences(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """``(chain id, one-letter sequence)`` of every protein chain of a model, file order."""
+    table = read_ca_table(path)
+    return [(str(cid), one_letter_sequence(rows["residue_name"]))
+            for cid, rows in table.groupby("chain", sort=False)]

@@ -8,6 +8,8 @@ to sum to one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -64,6 +66,11 @@ def three_to_index(name: str) -> int:
     }  # fmt: skip
     upper = aliases.get(upper, upper)
     return AMINO_ACIDS.index(upper) if upper in AMINO_ACIDS else UNKNOWN_INDEX
+
+
+def one_letter_sequence(residue_names: Iterable[str]) -> str:
+    """One-letter sequence of three-letter residue names (``X`` for non-standard ones)."""
+    return "".join(ONE_LETTER[k] if k < 20 else "X" for k in (three_to_index(n) for n in residue_names))
 
 
 def index_to_three(index: int) -> str:

@@ -111,8 +111,7 @@ def _sequences(
     fasta: Path | None, model: Path | None, chain_ids: str | None
 ) -> tuple[list[str], list[str]]:
     from cryoset.trace.fasta import read_fasta
-    from cryoset.trace.model import read_ca_table
-    from cryoset.trace.residues import ONE_LETTER, three_to_index
+    from cryoset.trace.model import model_sequences
     from cryoset.trace.tracer import default_chain_ids
 
     if (fasta is None) == (model is None):
@@ -121,17 +120,10 @@ def _sequences(
         seqs = [s for _, s in read_fasta(fasta)]
         ids = default_chain_ids(len(seqs))
     elif model is not None:
-        table = read_ca_table(model)
-        if table.empty:
+        chains = model_sequences(model)
+        if not chains:
             raise InputError(model, "the model has no Cα atoms")
-        seqs, ids = [], []
-        for cid, rows in table.groupby("chain", sort=False):
-            letters = [
-                ONE_LETTER[k] if k < 20 else "X"
-                for k in (three_to_index(n) for n in rows["residue_name"])
-            ]
-            seqs.append("".join(letters))
-            ids.append(str(cid))
+        ids, seqs = (list(t) for t in zip(*chains, strict=True))
     if chain_ids:
         ids = [c.strip() for c in chain_ids.split(",")]
         if len(ids) != len(seqs) or not all(ids):
