@@ -17,9 +17,11 @@ Four entries (``cryoset datasets list``):
 * ``cryopanda`` — cryoPANDA, per-experiment ``<EXPERIMENT>_particles.h5``; deposited at
   Science Data Bank, doi:10.57760/sciencedb.27164 (the authors' README: ``metadata.zip`` with
   the annotation tables and pretrained DINOv2 weights, and the particle files zipped in
-  sub-folders). Science Data Bank's documented open API covers search and metadata, not a
-  file listing we could verify, so it has no download client here: fetch the files from the
-  DOI landing page, or pass ``--record`` for a Zenodo / Dataverse / directory-index copy.
+  sub-folders). Science Data Bank's documented open API (``/open-api/v2``: search, harvest,
+  metrics, ``json?doi=`` giving a schema.org Dataset description, COUNTER-SUSHI reports) has no
+  call listing a dataset's files with sizes and checksums, so it has no download client here:
+  fetch the files from the DOI landing page, or pass ``--record`` for a Zenodo / Dataverse /
+  directory-index copy (:data:`NO_CLIENT`; docs/archives.md cites the sources).
 
 Host APIs used (documented, public, no token):
 
@@ -70,10 +72,11 @@ CRYOVIRUSDB_SERVER = "https://calla.rnet.missouri.edu/CryoVirusDB/"
 DEFAULT_BASE_URLS: dict[str, str] = {"zenodo": ZENODO_URL, "dataverse": DATAVERSE_URL, "sciencedb": SCIENCEDB_URL}
 #: Hosts without a download client here, and why.
 NO_CLIENT: dict[str, str] = {
-    "sciencedb": "Science Data Bank's documented open API (https://www.scidb.cn/open-api/v2) covers search "
-                 "and metadata, not a file listing with checksums; download the files from the DOI's landing "
-                 "page and run `cryoset datasets import`, or pass --record for a Zenodo / Dataverse copy or a "
-                 "directory index (https://…/)",
+    "sciencedb": "Science Data Bank's documented open API (https://www.scidb.cn/open-api/v2, OpenAPI document "
+                 "/open-api/v2/api-docs) has search, harvest, metrics, json (a dataset's schema.org description "
+                 "by DOI) and COUNTER-SUSHI reports, no call that lists a dataset's files with sizes and checksums; "
+                 "download the files from the DOI's landing page and run `cryoset datasets import`, or pass "
+                 "--record for a Zenodo / Dataverse copy or a directory index (https://…/)",
 }
 #: Hosts a Dataverse file download may be redirected to (https only): installations with
 #: S3 storage answer ``/api/access/datafile/{id}`` with a redirect to a signed S3 URL.

@@ -16,7 +16,9 @@ pick           ``coordinates/``: what ``cryoset pick`` writes
                averages adds ``bootstrap/``
 extract        what ``cryoset extract`` writes (:func:`cryoset.workflows.pick.run_extract`)
 classify       what ``cryoset classify2d --rounds N`` writes (round 1, then ``round2/``…,
-               each round on the particles the previous kept)
+               each round on the particles the previous kept), with the CryoVirusDB
+               collective CSV ``particles_selected.csv`` of each round's kept particles
+               (y flipped with the heights of the experiment's micrographs)
 store          ``summary.json``, ``annotations.parquet``; the experiment (every extracted
                particle, rejected ones labelled) is appended to the particle store, with
                the experiment-level columns of its archive records and curation
@@ -336,10 +338,24 @@ def run_classify(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out
 
     star = work / "extract" / "particles.star"
     params = classify_params(cfg, work)
-    run_classify2d(star, out, dataclasses.replace(params, n_classes=min(params.n_classes, _count(star))),
-                   progress=False)
+    summary = run_classify2d(star, out, dataclasses.replace(params, n_classes=min(params.n_classes, _count(star))),
+                             progress=False, heights=micrograph_heights(work))
     return {"classify_rounds": len(round_directories(out)),
-            "classes": len(pd.read_csv(out / "classes.csv"))}
+            "classes": len(pd.read_csv(out / "classes.csv")),
+            "cryovirusdb_csv": summary["cryovirusdb_csv"] is not None}
+
+
+def micrograph_heights(work: Path) -> dict[str, int]:
+    """Height ``ny`` (pixels) of each of the experiment's micrographs, by file name (their headers):
+    the y flip of the CryoVirusDB CSV the ``classify`` stage writes (``particles_selected.csv``)."""
+    from cryoset.workflows.classify2d import micrograph_file_height
+
+    heights = {}
+    for path in _mic_paths(work):
+        ny = micrograph_file_height(str(path), None)
+        if ny is not None:
+            heights[path.name] = ny
+    return heights
 
 
 def _count(star: Path) -> int:
@@ -402,26 +418,43 @@ def _max_diameter_a(xyz: np.ndarray) -> float:
     return float(pdist(pts).max()) if len(pts) > 1 else 0.0
 
 
+#: Curation-file columns read besides ``experiment_id`` (each optional): store column → accepted names.
+CURATION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "split": ("split",),
+    "protein_class": ("protein_class", "ProteinClass"),
+    "bad_reconstruction": ("bad_reconstruction", "BadReconstruction"),
+}
+_TRUE = frozenset({"1", "true", "yes", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "n", "f"})
+
+
 def experiment_columns(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment-level store columns: from the archive records the experiment names and
-    the ``split`` of the catalogue curation file (``curation``), one value per column.
+    the catalogue curation file (``curation``), one value per column.
 
     EMDB header → ``emdb_id``, ``emd_resolution_a``, ``molecular_weight_kda`` (MDa × 1000),
-    ``symmetry`` and, when no ``pdb_id`` is named, the first fitted PDB id; PDB model
-    (mmCIF) → ``pdb_id``, ``subunits`` (polymer chains), ``dna`` / ``rna`` (a polymer chain of
-    that type), ``max_diameter_a`` (largest distance between two polymer atoms). Records are
-    read through the cached, size-limited :class:`~cryoset.archives.download.HttpClient` of
-    ``cryoset fetch`` (cache ``archives.cache``, ``archives.offline``; URLs from the
-    ``CRYOSET_EMDB_FILES_URL`` / ``CRYOSET_PDB_FILES_URL`` environment variables). The
-    curation row is the one whose ``experiment_id`` is the experiment's id, its
-    ``EMPIAR-…`` or its ``EMD-…`` id; an experiment the file lacks is an InputError.
+    ``symmetry``, ``sample_name`` (the sample name, else the entry title) and, when no
+    ``pdb_id`` is named, the first fitted PDB id; PDB model (mmCIF) → ``pdb_id``, ``subunits``
+    (polymer chains), ``dna`` / ``rna`` (a polymer chain of that type), ``max_diameter_a``
+    (largest distance between two polymer atoms). An experiment named by ``empiar_id`` and no
+    ``emdb_id``: its EMPIAR entry → ``sample_name`` (the entry title) and ``emdb_id`` (the first
+    cross-referenced EMDB entry, whose header is not fetched: the EMDB columns stay null unless
+    ``emdb_id`` is named). Records are read through the cached, size-limited
+    :class:`~cryoset.archives.download.HttpClient` of ``cryoset fetch`` (cache
+    ``archives.cache``, ``archives.offline``; URLs from the ``CRYOSET_EMDB_FILES_URL`` /
+    ``CRYOSET_PDB_FILES_URL`` / ``CRYOSET_EMPIAR_API_URL`` environment variables).
+
+    The curation row is the one whose ``experiment_id`` is the experiment's id, its
+    ``EMPIAR-…`` or its ``EMD-…`` id; an experiment the file lacks is an InputError. Its
+    columns :data:`CURATION_COLUMNS` give ``split``, ``protein_class`` (text) and
+    ``bad_reconstruction`` (``1``/``0``, ``true``/``false``, ``yes``/``no``; empty: null).
     """
     ids: Mapping[str, str] = exp.get("archive") or {}
     cols: dict[str, Any] = {}
     if "empiar_id" in ids:
         cols["empiar_id"] = ids["empiar_id"]
-    if "emdb_id" in ids or "pdb_id" in ids:
-        from cryoset.archives import emdb, pdb
+    if ids.keys() & {"emdb_id", "pdb_id", "empiar_id"}:
+        from cryoset.archives import emdb, empiar, pdb
         from cryoset.archives.download import HttpClient
         from cryoset.io.structure import read_structure
 
@@ -436,9 +469,15 @@ def experiment_columns(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[s
             mw = entry.molecular_weight_mda
             cols.update(emdb_id=f"EMD-{entry.emdb_id}", emd_resolution_a=entry.resolution_a,
                         molecular_weight_kda=None if mw is None else mw * 1000.0,
-                        symmetry=entry.symmetry or None)
+                        symmetry=entry.symmetry or None, sample_name=entry.sample_name or entry.title or None)
             if pdb_id is None and entry.pdb_ids:
                 pdb_id = entry.pdb_ids[0]
+        elif "empiar_id" in ids:
+            record = empiar.EmpiarClient(http, os.environ.get("CRYOSET_EMPIAR_API_URL", empiar.DEFAULT_API)
+                                         ).entry(ids["empiar_id"])
+            cols["sample_name"] = record.title or None
+            if record.emdb_ids:
+                cols["emdb_id"] = f"EMD-{emdb.normalise_emdb_id(record.emdb_ids[0])}"
         if pdb_id is not None:
             client = pdb.PdbClient(http, os.environ.get("CRYOSET_PDB_FILES_URL", pdb.DEFAULT_FILES))
             atoms = read_structure(http.download(client.model_request(pdb_id))).atoms
@@ -449,22 +488,41 @@ def experiment_columns(exp: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[s
                         max_diameter_a=_max_diameter_a(poly[["x_a", "y_a", "z_a"]].to_numpy(dtype=np.float64)))
     curation = _config_path(cfg, cfg.get("curation"))
     if curation is not None:
-        if not curation.is_file():
-            raise InputError(curation, "no such curation file (the `cryoset catalog curate` output)")
-        try:
-            table = (pd.read_csv(curation, dtype=str, keep_default_na=False)
-                     if curation.suffix.lower() == ".csv" else pd.read_parquet(curation))
-        except (OSError, ValueError) as exc:  # unreadable, not CSV/Parquet, bad text
-            raise InputError(curation, f"cannot read the curation table ({' '.join(str(exc).split())})") from None
-        if not {"experiment_id", "split"} <= set(table.columns):
-            raise InputError(curation, "has no experiment_id and split columns (a `cryoset catalog curate` output)")
-        names = [exp["id"], ids.get("empiar_id"), ids.get("emdb_id")]
-        rows = table[table["experiment_id"].astype(str).isin([n for n in names if n])]
-        if rows.empty:
-            raise InputError(curation, f"has no row for experiment {exp['id']!r} "
-                             f"(experiment_id {', '.join(n for n in names if n)})")
-        split = rows["split"].iloc[0]
-        cols["split"] = str(split) if isinstance(split, str) and split else None
+        cols.update(_curation_columns(curation, [exp["id"], ids.get("empiar_id"), ids.get("emdb_id")], exp["id"]))
+    return cols
+
+
+def _curation_columns(curation: Path, names: list[str | None], eid: str) -> dict[str, Any]:
+    """The :data:`CURATION_COLUMNS` of the experiment's row of a curation file (CSV or Parquet)."""
+    if not curation.is_file():
+        raise InputError(curation, "no such curation file (the `cryoset catalog curate` output)")
+    try:
+        table = (pd.read_csv(curation, dtype=str, keep_default_na=False)
+                 if curation.suffix.lower() == ".csv" else pd.read_parquet(curation))
+    except (OSError, ValueError) as exc:  # unreadable, not CSV/Parquet, bad text
+        raise InputError(curation, f"cannot read the curation table ({' '.join(str(exc).split())})") from None
+    found = {col: next(n for n in accepted if n in table.columns)
+             for col, accepted in CURATION_COLUMNS.items() if any(n in table.columns for n in accepted)}
+    if "experiment_id" not in table.columns or not found:
+        raise InputError(curation, "has no experiment_id column with split, protein_class or bad_reconstruction "
+                         "(a `cryoset catalog curate` output)")
+    rows = table[table["experiment_id"].astype(str).isin([n for n in names if n])]
+    if rows.empty:
+        raise InputError(curation, f"has no row for experiment {eid!r} "
+                         f"(experiment_id {', '.join(n for n in names if n)})")
+    row = rows.iloc[0]
+    cols: dict[str, Any] = {}
+    for col, name in found.items():
+        value = row[name]
+        text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
+        if col != "bad_reconstruction":
+            cols[col] = text or None
+        elif not text:
+            cols[col] = None
+        elif text.lower().removesuffix(".0") in _TRUE | _FALSE:
+            cols[col] = int(text.lower().removesuffix(".0") in _TRUE)
+        else:
+            raise InputError(curation, f"experiment {eid!r}: {name} value {text!r} is not 1/0, true/false or yes/no")
     return cols
 
 
@@ -491,6 +549,9 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
     ann = build_annotations(exp, work, cfg)
     for column, value in experiment_columns(exp, cfg).items():
         ann[column] = value
+    ann["data_source_type"] = "micrographs"  # a build always starts from micrographs
+    ann["number_of_particles"] = int(ann["kept"].sum()) if "kept" in ann.columns else len(ann)
+    ann["reconstruction_resolution_a"] = np.nan  # no reconstruct stage; the EMDB map's is emd_resolution_a
     stack = load_star(work / "extract" / "particles.star").images
     if len(ann) == 0:
         (out / "summary.json").write_text(json.dumps({"particles": 0}))

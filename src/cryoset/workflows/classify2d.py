@@ -8,25 +8,33 @@ resolution, mean power: :func:`cryoset.classify.select.class_statistics`), flags
 (:func:`cryoset.classify.select.recover_particles`) and writes in ``out``:
 ``particles.star`` (every particle with class, pose, ESS, ECA, ``rlnCryosetKept``,
 ``rlnCryosetRecovered``), ``particles_kept.star``, ``class_averages.mrcs``, ``classes.csv``
-(class statistics and verdicts), ``class_averages.png``, ``summary.json`` and
-``provenance.json``; with ``rounds`` > 1 the later rounds (each on the particles the previous
-kept) go to ``out/round2``… Every parameter, with its one default, is a field of
-:class:`Classify2DParams`.
+(class statistics and verdicts), ``class_averages.png``, ``summary.json``,
+``provenance.json`` and ``particles_selected.csv``: the kept particles as CryoVirusDB's
+collective particles CSV (:data:`cryoset.io.cryovirusdb.COLLECTIVE_CSV_COLUMNS`, its y axis
+flipped per micrograph with the heights of :func:`micrograph_heights`); with ``rounds`` > 1
+the later rounds (each on the particles the previous kept) go to ``out/round2``… Every
+parameter, with its one default, is a field of :class:`Classify2DParams`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cryoset.errors import InputError
 from cryoset.io import relion_labels as L
 
-__all__ = ["Classify2DParams", "round_directories", "run_classify2d", "summary_kept"]
+__all__ = ["SELECTED_CSV", "Classify2DParams", "micrograph_file_height", "micrograph_heights",
+           "round_directories", "run_classify2d", "summary_kept"]
+
+#: The kept particles as CryoVirusDB's collective particles CSV, in each round's directory.
+SELECTED_CSV = "particles_selected.csv"
 
 
 @dataclass(frozen=True)
@@ -82,13 +90,18 @@ def _gallery(path: Path, averages: np.ndarray, stats: Any, good: np.ndarray) -> 
 
 
 def run_classify2d(particles: Path | None, out: Path, p: Classify2DParams, *, store: Path | None = None,
-                   query: str | None = None, progress: bool = True) -> dict[str, Any]:
+                   query: str | None = None, progress: bool = True,
+                   heights: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Classify the particles of a STAR file (or a store selection) and write the step's products.
 
     Round 1 writes into ``out``; with ``rounds`` > 1, round ``k`` classifies the particles round
     ``k − 1`` kept (its ``particles_kept.star``) into ``out/round<k>`` (the number of classes
     capped at the round's particles); the rounds stop early when fewer than two particles are
     kept. :func:`round_directories` lists them.
+
+    ``heights`` (micrograph name → height ``ny``, pixels) are the micrograph heights the
+    CryoVirusDB CSV's y flip needs, for micrographs :func:`micrograph_heights` cannot find
+    otherwise (the build passes those of its micrographs).
 
     Returns
     -------
@@ -105,7 +118,7 @@ def run_classify2d(particles: Path | None, out: Path, p: Classify2DParams, *, st
 
     if p.rounds < 1:
         raise InputError("--rounds", f"must be at least 1, got {p.rounds}")
-    summary = _one_round(particles, out, p, store=store, query=query, progress=progress)
+    summary, found = _one_round(particles, out, p, store=store, query=query, progress=progress, heights=heights)
     later: list[dict[str, Any]] = []
     previous = out
     for k in range(2, p.rounds + 1):
@@ -114,7 +127,9 @@ def run_classify2d(particles: Path | None, out: Path, p: Classify2DParams, *, st
         if n < 2:
             break
         d = out / f"round{k}"
-        later.append(_one_round(kept, d, replace(p, n_classes=min(p.n_classes, n)), progress=progress))
+        # the heights round 1 found (a kept STAR's micrograph names are those of the input, as written)
+        later.append(_one_round(kept, d, replace(p, n_classes=min(p.n_classes, n)), progress=progress,
+                                heights=found)[0])
         previous = d
     summary["rounds"] = later
     return summary
@@ -132,9 +147,88 @@ def round_directories(out: Path) -> list[Path]:
     return [out, *later]
 
 
+def micrograph_heights(table: pd.DataFrame, star: Path | None,
+                       given: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
+    """The height ``ny`` (pixels) of each micrograph a particle table names, and those not found.
+
+    Looked up, in order: ``given`` (by micrograph name), the table's ``micrograph_ny_px`` (a
+    store, e.g. an imported cryoPANDA file), then the header of the micrograph file that
+    ``rlnMicrographName`` names, resolved as RELION does (the current directory, then the STAR
+    file's folder). Keys are :func:`cryoset.workflows.pick.micrograph_key` (no directory or
+    image suffix).
+
+    Returns
+    -------
+    heights, missing
+        Height by micrograph key; the keys of the table's micrographs without one (sorted).
+    """
+    from cryoset.workflows.pick import micrograph_key
+
+    heights = {micrograph_key(str(k)): int(v) for k, v in (given or {}).items()}
+    if "micrograph" not in table.columns:
+        return heights, []
+    names = table["micrograph"].astype(str)
+    if "micrograph_ny_px" in table.columns:
+        for m, ny in zip(names, pd.to_numeric(table["micrograph_ny_px"], errors="coerce"), strict=True):
+            if np.isfinite(ny):
+                heights.setdefault(micrograph_key(m), int(ny))
+    raw = table["rlnMicrographName"].astype(str) if "rlnMicrographName" in table.columns else names
+    for m, r in dict.fromkeys(zip(names, raw, strict=True)):
+        key = micrograph_key(m)
+        if key not in heights:
+            ny = micrograph_file_height(r, star)
+            if ny is not None:
+                heights[key] = ny
+    missing = sorted({micrograph_key(m) for m in names} - set(heights))
+    return heights, missing
+
+
+def micrograph_file_height(name: str, star: Path | None) -> int | None:
+    """The height of the micrograph file ``name`` points to (MRC header, else the image), or None."""
+    from cryoset.io.images import read_image
+    from cryoset.io.mrc import read_header
+    from cryoset.io.particles import image_path_candidates
+
+    for candidate in image_path_candidates(name, star):
+        if not candidate.is_file():
+            continue
+        try:
+            if candidate.suffix.lower() in (".mrc", ".mrcs", ".map", ".st"):
+                return int(read_header(candidate, permissive=True)["shape_zyx"][1])
+            return int(read_image(candidate, permissive=True).data.shape[-2])
+        except (InputError, OSError, ValueError):
+            return None
+    return None
+
+
+def _write_selected_csv(out: Path, heights: dict[str, int], missing: list[str], has_micrographs: bool,
+                        prov: Mapping[str, Any]) -> dict[str, Any]:
+    """``out/particles_selected.csv`` from ``out/particles_kept.star`` (its values as written), or why not."""
+    from cryoset.io.cryovirusdb import write_cryovirusdb
+    from cryoset.io.particles import read_particles
+    from cryoset.provenance import write_provenance
+    from cryoset.workflows.pick import micrograph_key
+
+    if not has_micrographs:
+        return {"cryovirusdb_csv": None,
+                "cryovirusdb_csv_note": "not written: the particles name no micrograph (rlnMicrographName)"}
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        return {"cryovirusdb_csv": None,
+                "cryovirusdb_csv_note": f"not written: no height for micrograph(s) {', '.join(missing[:3])}{more} "
+                                        "(their files were not found; the CSV's y axis is flipped per micrograph)"}
+    kept = read_particles(out / "particles_kept.star").table
+    path = write_cryovirusdb(out / SELECTED_CSV, kept, variant="collective",
+                             micrograph_heights=lambda m: float(heights.get(micrograph_key(m), np.nan)))
+    write_provenance(path, dict(prov))
+    return {"cryovirusdb_csv": str(path), "cryovirusdb_csv_note": None}
+
+
 def _one_round(particles: Path | None, out: Path, p: Classify2DParams, *, store: Path | None = None,
-               query: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """One round of classification, junk rule and recovery (see :func:`run_classify2d`)."""
+               query: str | None = None, progress: bool = True,
+               heights: Mapping[str, int] | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """One round of classification, junk rule and recovery (see :func:`run_classify2d`); its
+    summary and the micrograph heights it found."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -235,6 +329,8 @@ def _one_round(particles: Path | None, out: Path, p: Classify2DParams, *, store:
             table["pixel_size_a"] = data.pixel_size_a
     write_particles(out / "particles.star", table, provenance=prov)
     write_particles(out / "particles_kept.star", table[kept].reset_index(drop=True), provenance=prov)
+    found, missing = micrograph_heights(data.table, particles, heights)
+    selected = _write_selected_csv(out, found, missing, "micrograph" in data.table.columns, prov)
     write_stack(out / "class_averages.mrcs", result.averages, data.pixel_size_a)
     with atomic_path(out / "classes.csv") as tmp:
         stats.to_csv(tmp, index=False)
@@ -247,7 +343,8 @@ def _one_round(particles: Path | None, out: Path, p: Classify2DParams, *, store:
         "weighted_class_resolution_a": {"all": weighted_class_resolution(stats),
                                         "top10": weighted_class_resolution(stats, n=10)},
         "class_table": json.loads(stats.to_json(orient="records")),
+        **selected,
     }
     write_text_atomic(out / "summary.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     write_provenance(out, prov)
-    return summary
+    return summary, found
