@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["ca_f1_curve", "density_peak_scores", "random_scores"]
+__all__ = ["ca_f1_curve", "density_peak_scores", "model_region", "random_scores"]
 
 
 def ca_f1_curve(
@@ -28,6 +28,7 @@ def ca_f1_curve(
     thresholds: Sequence[float],
     *,
     tolerance_px: int = 0,
+    evaluation_mask: NDArray[np.bool_] | None = None,
 ) -> dict[str, NDArray[np.float64]]:
     """Precision, recall and F1 of ``scores > t`` against ``ca_mask`` for every threshold.
 
@@ -42,6 +43,10 @@ def ca_f1_curve(
     tolerance_px
         0 for exact voxels; ``k`` counts a predicted voxel as correct within ``k`` voxels
         (Chebyshev distance) of a labelled one, and a labelled voxel as found likewise.
+    evaluation_mask : bool array, same shape, optional
+        Only voxels inside it are scored (predictions and labels outside are ignored): the
+        region a deposited model explains, when the map holds more than the model (e.g. a
+        filament map with one modelled subunit; see :func:`model_region`).
 
     Returns
     -------
@@ -52,6 +57,12 @@ def ca_f1_curve(
     truth = np.asarray(ca_mask, dtype=bool)
     if s.shape != truth.shape:
         raise ValueError(f"scores {s.shape} and ca_mask {truth.shape} differ in shape")
+    if evaluation_mask is not None:
+        region = np.asarray(evaluation_mask, dtype=bool)
+        if region.shape != s.shape:
+            raise ValueError(f"evaluation_mask {region.shape} and scores {s.shape} differ in shape")
+        s = np.where(region, s, -np.inf).astype(np.float32)
+        truth = truth & region
     n_true = int(truth.sum())
     near_truth = ndimage.binary_dilation(truth, np.ones((3, 3, 3), bool), iterations=tolerance_px) \
         if tolerance_px > 0 else truth
@@ -70,6 +81,43 @@ def ca_f1_curve(
         out["recall"][i] = r
         out["f1"][i] = 2 * p * r / (p + r) if p + r > 0 else 0.0
     return out
+
+
+def model_region(
+    xyz_a: NDArray[np.floating],
+    shape: Sequence[int],
+    origin_a: Sequence[float],
+    *,
+    voxel_size_a: float = 1.0,
+    radius_a: float = 5.0,
+) -> NDArray[np.bool_]:
+    """Voxels within ``radius_a`` of any atom: the part of a map a model explains.
+
+    Parameters
+    ----------
+    xyz_a : array (n, 3)
+        Atom coordinates (x, y, z) in Å, in the map's frame.
+    shape : (z, y, x)
+        Map shape.
+    origin_a : (z, y, x)
+        Position of voxel (0, 0, 0) in Å.
+    voxel_size_a, radius_a
+        Voxel size and the distance from the nearest atom, in Å.
+
+    Returns
+    -------
+    bool array (z, y, x)
+    """
+    if radius_a < 0:
+        raise ValueError(f"radius_a must be ≥ 0, got {radius_a}")
+    zyx = np.asarray(xyz_a, dtype=np.float64)[:, ::-1]
+    idx = np.round((zyx - np.asarray(origin_a, dtype=np.float64)) / voxel_size_a).astype(np.int64)
+    occ = np.zeros(tuple(int(n) for n in shape), dtype=bool)
+    inside = np.all((idx >= 0) & (idx < np.asarray(occ.shape)), axis=1)
+    occ[tuple(idx[inside].T)] = True
+    if not occ.any():
+        return occ
+    return np.asarray(ndimage.distance_transform_edt(~occ) * voxel_size_a <= radius_a, dtype=bool)
 
 
 def random_scores(shape: Sequence[int], seed: int = 0) -> NDArray[np.float32]:
