@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench lint clean voxel-model
+.PHONY: venv test demo bench lint clean voxel-model ssl-model
 
 venv: $(STAMP)
 
@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# torch first, from the CPU wheel, so nothing pulls a CUDA build
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# every numba kernel compiled into its cache now, not on a user's first command
+	$(PY) -m cryoset._compile
 	touch $(STAMP)
 
 test: venv
@@ -36,6 +38,14 @@ voxel-model: venv
 	$(VENV)/bin/cryoset train voxel-corpus --shared-data ../shared/data -o build/voxel-corpus --variants 2 --seed 0
 	$(VENV)/bin/cryoset train voxel examples/voxel-train.yaml -o build/voxel-run --device cpu
 	install -m 0644 build/voxel-run/model.safetensors src/cryoset/data/models/voxelnet_unet.safetensors
+
+# The ViT particle encoder shipped in the package: the SSL corpus from ../shared/data, then
+# examples/ssl-tiny-cpu.yaml (DINO + iBOT + KoLeo, about 15-20 minutes on 2 cores), then the
+# teacher backbone copied into the package.
+ssl-model: venv
+	$(VENV)/bin/cryoset train ssl-corpus --shared-data ../shared/data -o build/ssl-corpus --seed 0
+	$(VENV)/bin/cryoset train ssl examples/ssl-tiny-cpu.yaml -o build/ssl-tiny --device cpu
+	install -m 0644 build/ssl-tiny/model.safetensors src/cryoset/data/models/vit_tiny_ssl.safetensors
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

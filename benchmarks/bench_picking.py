@@ -4,6 +4,15 @@ EMPIAR-10028 PNGs (and on synthetic scenes with complete truth).
 Protocol: each picker's threshold is chosen for best pooled F1 on the dev images
 (061, 062, 063) and reported on the held-out images (064, 065, 311, 312); everything else
 is fixed in advance from the 300 Å diameter. Run: ``.venv/bin/python benchmarks/bench_picking.py``.
+
+Command vs command (``--commands``; also part of the default run): ``cryoset pick`` against
+``relion_autopick --LoG`` as whole processes, MRC files in, coordinate STAR files out, on 3 real
+micrographs (061–063) and on 30 (the seven real images under the eight rotations/flips of the
+square, first 30; identical files for both). Protocol in :mod:`_commands` (1 thread each, one
+warm-up run each, fresh processes, best/median of 3, peak RSS from ``/usr/bin/time -v``).
+Library column: our picker in-process on the in-memory images (warm); RELION has no library,
+so its column is the command's marginal cost per micrograph, ``(t30 − t3) / 27`` (ours is given
+the same way). Other options: ``--simulated-only``, ``--no-topaz``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from cryoset.io.mrc import write_map
 from cryoset.picking.blob import BlobSettings, pick_blobs
 from cryoset.picking.evaluate import evaluate_picks
 from cryoset.testing import shared_data_root
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _commands import PROTOCOL, load_average, time_command
 
 DEV = ("061_10028", "062_10028", "063_10028")
 HELD_OUT = ("064_10028", "065_10028", "311_10028", "312_10028")
@@ -192,6 +204,70 @@ def _simulated() -> dict[str, Any]:
     return out
 
 
+def _tiled_micrographs(root: Path, n: int) -> list[tuple[str, np.ndarray]]:
+    """``n`` micrographs: the seven real images, then their rotations/flips (same size and content)."""
+    base = [(name, read_image(root / "images" / f"{name}.png").data.astype(np.float32))
+            for name in DEV + HELD_OUT]
+    out = []
+    for k in range(8):
+        for name, img in base:
+            v = np.rot90(img, k % 4)
+            out.append((f"{name}_v{k}", np.ascontiguousarray(v[:, ::-1] if k >= 4 else v)))
+    return out[:n]
+
+
+def _commands(root: Path, sizes: tuple[int, ...] = (3, 30), repeats: int = 3) -> dict[str, Any]:
+    """``cryoset pick`` vs ``relion_autopick --LoG`` as commands, and the library columns."""
+    from cryoset.picking.blob import BlobPicker
+
+    relion = shutil.which("relion_autopick")
+    cryoset = Path(sys.executable).with_name("cryoset")
+    out: dict[str, Any] = {"protocol": PROTOCOL, "relion": relion or "relion_autopick not found (apt-get install relion)"}
+    for n in sizes:
+        mics = _tiled_micrographs(root, n) if n > 3 else [
+            (name, read_image(root / "images" / f"{name}.png").data.astype(np.float32)) for name in DEV]
+        row: dict[str, Any] = {"micrographs": n, "load_average_before": load_average()}
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            (work / "mrc").mkdir()
+            for name, img in mics:
+                write_map(work / "mrc" / f"{name}.mrc", img[None], PIXEL_A)
+            files = sorted(str(p.relative_to(work)) for p in (work / "mrc").glob("*.mrc"))
+
+            def reset(d: Path = work) -> None:
+                for sub in ("ours", "out"):
+                    shutil.rmtree(d / sub, ignore_errors=True)
+
+            row["cryoset_pick"] = time_command(
+                [str(cryoset), "pick", *files, "--diameter-a", str(DIAMETER_A), "--out", "ours"], work,
+                reset=reset, repeats=repeats)
+            row["cryoset_pick"]["picks"] = sum(
+                len(read_coords(p)) for p in (work / "ours").glob("*.star"))
+            if relion is not None:
+                row["relion_autopick_log"] = time_command(
+                    [relion, "--i", "mrc/*.mrc", "--odir", "out/", "--pickname", "autopick", "--angpix",
+                     str(PIXEL_A), "--LoG", "--LoG_diam_min", "250", "--LoG_diam_max", "350"], work,
+                    reset=reset, repeats=repeats)
+                row["relion_autopick_log"]["picks"] = sum(
+                    len(read_coords(p)) for p in (work / "out" / "mrc").glob("*_autopick.star"))
+                row["command_ratio_relion_over_ours"] = (row["relion_autopick_log"]["best_s"]
+                                                         / row["cryoset_pick"]["best_s"])
+        picker = BlobPicker(BlobSettings(DIAMETER_A))
+        picker.pick(mics[0][1], PIXEL_A)  # warm
+        t0 = time.perf_counter()
+        for name, img in mics:
+            picker.pick(img, PIXEL_A, micrograph=name)
+        row["cryoset_library_s_per_micrograph"] = (time.perf_counter() - t0) / n
+        out[f"{n}_micrographs"] = row
+    if len(sizes) == 2:
+        a, b = (out[f"{n}_micrographs"] for n in sizes)
+        span = sizes[1] - sizes[0]
+        out["marginal_s_per_micrograph"] = {
+            key: (b[key]["best_s"] - a[key]["best_s"]) / span
+            for key in ("cryoset_pick", "relion_autopick_log") if key in a and key in b}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the results (``--simulated-only`` skips the real set)."""
     args = sys.argv[1:] if argv is None else argv
@@ -200,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(sim, indent=2, default=float))
         return {"simulated": sim}
     root = shared_data_root() / "micrographs" / "empiar_10028"
+    if "--commands" in args:
+        com = _commands(root)
+        print(json.dumps(com, indent=2, default=float))
+        return {"commands": com}
     truth = pd.concat([read_coords(root / "coords" / f"{n}.csv").assign(micrograph=n)
                        for n in DEV + HELD_OUT], ignore_index=True)
     result: dict[str, Any] = {}
@@ -212,12 +292,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["relion_log"] = {**_dev_then_held_out(rel[0], truth), "seconds_per_micrograph": rel[1]}
         ratio = result["cryoset_blob"]["held_out"]["f1"] / result["relion_log"]["held_out"]["f1"]
         result["f1_ratio_ours_over_relion_held_out"] = ratio
-    with tempfile.TemporaryDirectory() as tmp:
-        top = _topaz(root, Path(tmp))
-    if isinstance(top, str):
-        result["topaz"] = top
+    if "--no-topaz" in args:
+        result["topaz"] = "skipped (--no-topaz)"
     else:
-        result["topaz_resnet16"] = {**_dev_then_held_out(top[0], truth), "seconds_per_micrograph": top[1]}
+        with tempfile.TemporaryDirectory() as tmp:
+            top = _topaz(root, Path(tmp))
+        if isinstance(top, str):
+            result["topaz"] = top
+        else:
+            result["topaz_resnet16"] = {**_dev_then_held_out(top[0], truth), "seconds_per_micrograph": top[1]}
+    result["commands"] = _commands(root)
     result["simulated"] = _simulated()
     print(json.dumps(result, indent=2, default=float))
     return result

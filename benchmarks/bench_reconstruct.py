@@ -11,7 +11,15 @@ unmasked and with the same soft spherical mask (radius 0.4 B, 0.08 B cosine edge
 ``decomposition`` (untimed) separates the two parts of the correction on the same
 accumulators: the sinc² division alone (no mask outside the inscribed sphere) and the mask alone.
 
-Usage: ``python benchmarks/bench_reconstruct.py [N] [B]`` (prints a JSON dict).
+Command vs command (``commands``, in the same run): ``cryoset reconstruct particles.star --out
+ours/map.mrc`` against ``relion_reconstruct --i particles.star --o relion.mrc --ctf``, each a fresh
+process reading the same STAR + MRC stack written by :func:`write_particle_set` and writing its
+map (ours also writes the two half maps and the FSC). Protocol in :mod:`_commands` (1 thread
+each, one warm-up run each, best/median of 3, peak RSS). The library column is ours in-process
+(``ours`` above, first call in the process: numba compilation or cache load included); RELION
+has no library, so its library column is empty.
+
+Usage: ``python benchmarks/bench_reconstruct.py [N] [B] [--commands-only]`` (prints a JSON dict).
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _commands import PROTOCOL, load_average, time_command
 
-def main(n: int = 1000, box: int = 64) -> dict[str, Any]:
-    """Run both reconstructions and return times and FSC resolutions."""
+
+def main(n: int = 1000, box: int = 64, *, commands_only: bool = False) -> dict[str, Any]:
+    """Run both reconstructions and return times and FSC resolutions (``commands_only``: only
+    the command-vs-command timings)."""
     from cryoset.classify.data import ctf_parameters
     from cryoset.geometry import euler_to_matrix
     from cryoset.io.mrc import read_map
@@ -66,6 +78,9 @@ def main(n: int = 1000, box: int = 64) -> dict[str, Any]:
         return out
 
     result: dict[str, Any] = {"particles": n, "box": box, "pixel_size_a": px}
+    result["commands"] = _commands(sim, score)
+    if commands_only:
+        return result
     for key, gridding in (("ours", True), ("ours_no_gridding_correction", False)):
         t0 = time.perf_counter()
         rec = reconstruct(sim.images, rots, shifts, px, ctf_params=ctf_parameters(t),
@@ -86,6 +101,37 @@ def main(n: int = 1000, box: int = 64) -> dict[str, Any]:
             result["relion_reconstruct"] = {"seconds": peer_s, **score(read_map(d / "relion.mrc").data)}
             result["time_ratio_peer_over_ours"] = peer_s / ours_s
     return result
+
+
+def _commands(sim: Any, score: Callable[[Any], dict[str, float]], repeats: int = 3) -> dict[str, Any]:
+    """``cryoset reconstruct`` vs ``relion_reconstruct --ctf`` as whole processes on the same files."""
+    from cryoset.io.mrc import read_map
+    from cryoset.workflows.simulate import write_particle_set
+
+    relion = shutil.which("relion_reconstruct")
+    cryoset = Path(sys.executable).with_name("cryoset")
+    out: dict[str, Any] = {"protocol": PROTOCOL, "load_average_before": load_average()}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        write_particle_set(d, sim)
+
+        def reset() -> None:
+            shutil.rmtree(d / "ours", ignore_errors=True)
+            (d / "relion.mrc").unlink(missing_ok=True)
+            (d / "ours").mkdir()
+
+        out["cryoset_reconstruct"] = time_command([str(cryoset), "reconstruct", "particles.star", "--out",
+                                                   "ours/map.mrc"], d, reset=reset, repeats=repeats)
+        out["cryoset_reconstruct"].update(score(read_map(d / "ours" / "map.mrc").data))
+        if relion is None:
+            out["relion_reconstruct"] = "relion_reconstruct not found (apt-get install relion)"
+            return out
+        out["relion_reconstruct"] = time_command([relion, "--i", "particles.star", "--o", "relion.mrc", "--ctf"],
+                                                 d, reset=reset, repeats=repeats)
+        out["relion_reconstruct"].update(score(read_map(d / "relion.mrc").data))
+    out["command_ratio_relion_over_ours"] = (out["relion_reconstruct"]["best_s"]
+                                             / out["cryoset_reconstruct"]["best_s"])
+    return out
 
 
 def _decomposition(sim: Any, rots: Any, shifts: Any, px: float,
@@ -128,5 +174,5 @@ def _decomposition(sim: Any, rots: Any, shifts: Any, px: float,
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    print(json.dumps(main(*args), indent=2))
+    args = [int(a) for a in sys.argv[1:] if not a.startswith("--")][:2]
+    print(json.dumps(main(*args, commands_only="--commands-only" in sys.argv), indent=2))

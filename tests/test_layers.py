@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "store", "archives", "catalog"),  # 3 kernels and stores
     ("report", "datasets", "learn"),  # 4 figures, published datasets, models
     ("workflows",),  # 5 paths in, files out
-    ("pipeline",),  # 6 builds and the demo
+    ("pipeline", "_compile"),  # 6 builds and the demo; numba warm-up at install (all kernels)
     ("cli", "__main__"),  # 7 the command line
 )  # fmt: skip
 

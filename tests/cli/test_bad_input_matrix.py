@@ -133,7 +133,7 @@ _NAMES = {
     "zarr": "sub.zarr", "config": "build.yaml", "map_list": "maps.csv", "records": "records.csv",
     "coords": "picks/mic.star", "png": "image.png", "selection": "selection.parquet",
     "panda": "panda", "panda_h5": "panda/10017_particles.h5", "prepared": "prepared",
-    "weights": "voxelnet.safetensors",
+    "weights": "voxelnet.safetensors", "vit": "vit.safetensors",
 }
 
 
@@ -178,6 +178,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 
     prepare_map(inp.map, inp.prepared, inp.model, options=PrepareOptions(box=8, overlap=2, subgrids=False))
     _tiny_voxelnet(inp.weights)
+    _tiny_vit(inp.vit)
     write_subgrids(inp.zarr, {"density": density}, box=8, overlap=2,
                    attributes={"voxel_size_a": [2.0] * 3, "origin_a": [0.0] * 3})
     inp.config.write_text(
@@ -201,6 +202,18 @@ def _tiny_voxelnet(path: Path) -> None:
     torch.manual_seed(0)
     cfg = VoxelNetConfig(base_channels=4, levels=3)
     write_weights(path, build_voxel_net(cfg).state_dict(), kind=KIND, config={"model": asdict(cfg)})
+
+
+def _tiny_vit(path: Path) -> None:
+    """A small, randomly initialised ViT checkpoint (``cryoset embed`` / ``featuremap``)."""
+    import torch
+
+    from cryoset.learn.vit import VisionTransformer, ViTConfig
+    from cryoset.learn.vit_weights import save_vit
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(embed_dim=16, depth=1, num_heads=1, patch_size=8, img_size=16))
+    save_vit(path, model, metadata={"normalization": {"kind": "store"}, "input_size": 16})
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -579,6 +592,47 @@ def cells() -> list[Cell]:
     add("train voxel-corpus", "output-under-file", None,
         lambda i, t, p: ["train", "voxel-corpus", i.model, "-o", _blocked(t)], "blocker")
 
+    # --- train ssl-corpus --shared-data DIR -o: bad structure files inside the shared data folder
+    def in_shared(make: Callable[[Inputs, Path], Path]) -> Callable[[Inputs, Path], Path]:
+        def wrapped(i: Inputs, t: Path) -> Path:
+            p = make(i, t)
+            target = t / "shared" / "structures" / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            p.rename(target)
+            return target
+        return wrapped
+
+    def ssl_corpus(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["train", "ssl-corpus", "--shared-data", t / "shared", "-o", t / "corpus", *extra]
+
+    add("train ssl-corpus", "empty", in_shared(_file("e.pdb", b"")), ssl_corpus())
+    add("train ssl-corpus", "truncated", in_shared(_truncate("model", 100)), ssl_corpus())
+    add("train ssl-corpus", "wrong-format", in_shared(png("w.pdb")), ssl_corpus())
+    add("train ssl-corpus", "nan", in_shared(_file("n.pdb", pdb_text([("nan", "1.0", "2.0")] * 3))), ssl_corpus())
+    add("train ssl-corpus", "negative", None,
+        lambda i, t, p: ["train", "ssl-corpus", "--shared-data", t, "-o", t / "c",
+                         "--particles-per-experiment", "-1"], "--particles-per-experiment")
+    add("train ssl-corpus", "missing", _missing("nope"),
+        lambda i, t, p: ["train", "ssl-corpus", "--shared-data", p, "-o", t / "c"])
+    add("train ssl-corpus", "output-under-file", None,
+        lambda i, t, p: ["train", "ssl-corpus", "--shared-data", t, "-o", _blocked(t)], "blocker")
+
+    # --- train ssl CONFIG -o OUT (the configuration is checked before any store is read)
+    def ssl(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["train", "ssl", p, "-o", t / "run", *extra]
+
+    def ssl_config(body: str) -> Callable[[Inputs, Path], Path]:
+        return lambda i, t: _file("s.yaml", f"data: [{t / 'store'}]\n{body}")(i, t)
+
+    add("train ssl", "empty", _file("e.yaml", b""), ssl())
+    add("train ssl", "truncated", _file("t.yaml", "data: [a, b\noptim: {epochs: 2\n"), ssl())
+    add("train ssl", "wrong-format", png("w.yaml"), ssl())
+    add("train ssl", "nan", ssl_config("optim: {min_lr: .nan}\n"), ssl())
+    add("train ssl", "negative", ssl_config("optim: {epochs: -1}\n"), ssl())
+    add("train ssl", "missing", _missing("m.yaml"), ssl())
+    add("train ssl", "output-under-file", ssl_config(""),
+        lambda i, t, p: ["train", "ssl", p, "-o", _blocked(t)], "blocker")
+
     # --- compare-models PRED REF (no output)
     add("compare-models", "empty", _file("e.pdb", b""), lambda i, t, p: ["compare-models", p, i.model])
     add("compare-models", "truncated", _truncate("model", 100), lambda i, t, p: ["compare-models", p, i.model])
@@ -856,7 +910,72 @@ def cells() -> list[Cell]:
 
     # --- demo --out
     add("demo", "output-under-file", None, lambda i, t, p: ["demo", "--quick", "--out", _blocked(t)], "blocker")
+
+    # --- embed STORE (vectors into the store), featuremap MICROGRAPH -o (a ViT checkpoint)
+    def embed(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["embed", p.parent if p is not None and p.name == "store.json" else p,
+                                "--checkpoint", i.vit, *extra]
+
+    add("embed", "empty", store_json(""), embed())
+    add("embed", "truncated", store_json('{"format": "cryo'), embed())
+    add("embed", "wrong-format", store_json("[1, 2]"), embed())
+    add("embed", "negative", None, lambda i, t, p: ["embed", i.store, "--checkpoint", i.vit, "--batch-size", "-1"],
+        "--batch-size")
+    add("embed", "missing", _missing("nostore"), embed())
+    add("embed", "pickled-checkpoint", lambda i, t: _pickled_pth(t / "evil.pth"),
+        lambda i, t, p: ["embed", i.store, "--checkpoint", p])
+
+    def fmap(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["featuremap", p, "--checkpoint", i.vit, "--window-px", "32", "-o", t / "fm", *extra]
+
+    add("featuremap", "empty", _file("e.mrc", b""), fmap())
+    add("featuremap", "truncated", _truncate("mic"), fmap())
+    add("featuremap", "wrong-format", png("w.mrc"), fmap())
+    add("featuremap", "nan", _nan_mrc("n.mrc", (1, 128, 128), stack=True), fmap())
+    add("featuremap", "negative", None,
+        lambda i, t, p: ["featuremap", i.mic, "--checkpoint", i.vit, "--window-px", "-1", "-o", t / "fm"],
+        "--window-px")
+    add("featuremap", "missing", _missing("m.mrc"), fmap())
+    add("featuremap", "output-under-file", None,
+        lambda i, t, p: ["featuremap", i.mic, "--checkpoint", i.vit, "-o", _blocked(t)], "blocker")
+    add("featuremap", "pickled-checkpoint", lambda i, t: _pickled_pth(t / "evil.pth"),
+        lambda i, t, p: ["featuremap", i.mic, "--checkpoint", p, "-o", t / "fm"])
+
+    # --- probe CONFIG -o (linear probes), probe-corpus -o (issue #19)
+    def probe(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["probe", p, "-o", t / "probes", *extra]
+
+    def probe_config(body: str) -> Callable[[Inputs, Path], Path]:
+        return lambda i, t: _file("p.yaml", f"store: {i.store}\nembedding: cls\n{body}")(i, t)
+
+    add("probe", "empty", _file("e.yaml", b""), probe())
+    add("probe", "truncated", _file("t.yaml", "store: [a, b\n"), probe())
+    add("probe", "wrong-format", png("w.yaml"), probe())
+    add("probe", "nan", probe_config("probe: {lrs: [.nan]}\n"), probe())
+    add("probe", "negative", probe_config("split: {heldout_fraction: -0.5}\n"), probe())
+    add("probe", "missing", _missing("m.yaml"), probe())
+    add("probe", "output-under-file", probe_config(""), lambda i, t, p: ["probe", p, "-o", _blocked(t)], "blocker")
+    add("probe-corpus", "negative", None, lambda i, t, p: ["probe-corpus", "-o", t / "pc",
+                                                           "--particles-per-experiment", "-1"],
+        "--particles-per-experiment")
+    add("probe-corpus", "missing", _missing("noshared"),
+        lambda i, t, p: ["probe-corpus", "-o", t / "pc", "--shared-data", p])
+    add("probe-corpus", "output-under-file", None,
+        lambda i, t, p: ["probe-corpus", "-o", _blocked(t), "--procedural-chains", "1",
+                         "--particles-per-experiment", "4"], "blocker")
+
     return out
+
+
+def _pickled_pth(path: Path) -> Path:
+    """A ``torch.save`` file holding a Python object besides tensors (loading it would unpickle)."""
+    import collections
+
+    import torch
+
+    torch.save({"teacher": {"backbone.cls_token": torch.zeros(1, 1, 16)},
+                "extra": collections.Counter(a=1)}, path)
+    return path
 
 
 CELLS = cells()
@@ -875,6 +994,8 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("evaluate-picks", "output-under-file"): "writes nothing (prints)",
     ("compare-models", "output-under-file"): "writes nothing (prints)",
     ("query", "nan"): "the input is SQL text and a store; store contents are checked on add",
+    ("embed", "nan"): "a store's contents are checked when they are added (store add cells)",
+    ("embed", "output-under-file"): "writes into STORE, its subject (no output path)",
     ("map build", "nan"): "a NaN map in the list is a per-map failure row (exit 1, `failed:` lines) by "
                           "design; the NaN map itself is the map prepare cell",
     ("map stitch", "negative"): "has no size option",
@@ -900,6 +1021,9 @@ for _cmd in ("simulate protein", "store create", "fetch empiar", "fetch emdb", "
              "datasets download"):
     for _kind in ("empty", "truncated", "wrong-format", "nan", "missing"):
         NOT_APPLICABLE.setdefault((_cmd, _kind), _NO_FILE_INPUT)
+for _kind in ("empty", "truncated", "wrong-format", "nan"):
+    NOT_APPLICABLE.setdefault(("probe-corpus", _kind), "its one input is the shared data folder, read only "
+                              "for its dssp chains (the missing cell); everything else is options")
 for _kind in KINDS:
     NOT_APPLICABLE.setdefault(("datasets list", _kind), "takes no argument and writes nothing")
     if _kind != "missing":

@@ -57,6 +57,7 @@ READ_ONLY = {"info", "validate", "evaluate-picks", "compare-models", "store info
 WRITES_ELSEWHERE = {
     "store create": "ROOT is the store it creates",
     "store add": "ROOT is the store it appends to",
+    "embed": "STORE is the store it writes the vectors into",
     "datasets import": "--store is the store it appends to",
     "fetch empiar": "downloads go to the cache (--cache)",
     "fetch emdb": "downloads go to the cache (--cache)",

@@ -18,18 +18,21 @@ object on stdout, with null where a number is missing or not finite (never NaN).
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import typer
 from typer import _click
+from typer._coercion import PassThroughRuntimeParam, RuntimeParam, build_runtime_param
+from typer._param_types import coerce_cli_path, routes_to_path
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
-from typer.models import DefaultPlaceholder
+from typer.models import DefaultPlaceholder, OptionInfo
 
-from cryoset.deprecation import notify_deprecated
 from cryoset.errors import InputError
-from cryoset.io.jsontext import json_safe
 
 
 @dataclass(frozen=True)
@@ -223,16 +226,21 @@ def _value_counts(command: _click.Command) -> dict[str, int]:
 
 
 def rewrite_old_spellings(command_path: str, command: _click.Command, args: Sequence[str],
-                          notify: Callable[[str, str], None] = notify_deprecated) -> list[str]:
+                          notify: Callable[[str, str], None] | None = None) -> list[str]:
     """``args`` of ``command`` with every old spelling replaced by the current option.
 
     ``command_path`` is the command as typed after ``cryoset`` (``"simulate map"``). Each
-    old spelling found is reported once through ``notify(old, new)``. Values of current
+    old spelling found is reported once through ``notify(old, new)``
+    (default: :func:`cryoset.deprecation.notify_deprecated`). Values of current
     options and everything after ``--`` are left alone.
     """
     old = {o.old: o for o in OLD_SPELLINGS if command_path in o.commands}
     if not old:
         return list(args)
+    if notify is None:
+        from cryoset.deprecation import notify_deprecated
+
+        notify = notify_deprecated
     counts = _value_counts(command)
     out: list[str] = []
     told: set[str] = set()
@@ -313,8 +321,86 @@ class _Option(TyperOption):
         return plain_type(shown) if shown and self.metavar is None else shown
 
 
+_INT_TEXT = re.compile(r"-?(0|[1-9][0-9]{0,17})")
+_FLOAT_TEXT = re.compile(r"-?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][-+]?[0-9]{1,3})?")
+_NO_VALUE = object()
+
+
+def _fast_scalar(annotation: Any, value: Any) -> Any:
+    """``value`` as Typer's pydantic adapter would return it for ``annotation``, for the plain
+    cases that have exactly one answer; :data:`_NO_VALUE` for anything else."""
+    if annotation is str:
+        return value if type(value) is str else _NO_VALUE
+    if annotation is int:
+        if type(value) is int:
+            return value
+        return int(value) if type(value) is str and _INT_TEXT.fullmatch(value) else _NO_VALUE
+    if annotation is float:
+        if type(value) in (float, int):
+            return float(value)
+        if type(value) is str and _FLOAT_TEXT.fullmatch(value):
+            number = float(value)
+            return number if math.isfinite(number) else _NO_VALUE
+        return _NO_VALUE
+    if annotation is Path:
+        if isinstance(value, Path):
+            return value
+        return Path(value) if type(value) is str and value else _NO_VALUE
+    return _NO_VALUE
+
+
+@dataclass(frozen=True)
+class _PlainRuntimeParam(RuntimeParam):
+    """Typer's value coercion without pydantic for ``str``, ``int``, ``float``, ``Path`` (and
+    lists of them) carrying no constraints: the same values, ~0.1 s less start-up per command
+    (pydantic and its adapters are imported and built only when a value needs them, e.g. an
+    invalid one, whose error message then comes from Typer as before)."""
+
+    descriptor: Any = None
+
+    def _coerce_value(self, value: Any, param: Any, ctx: _click.Context) -> Any:
+        annotation: Any = self.annotation
+        origin: Any = get_origin(annotation)
+        item = get_args(annotation)[0] if origin is list else None
+        if item is not None and isinstance(value, (list, tuple)):
+            out = [_fast_scalar(item, v) for v in value]
+            if not any(v is _NO_VALUE for v in out):
+                return [self._path(v, param, ctx) for v in out] if item is Path else out
+        elif item is None:
+            out_one = _fast_scalar(annotation, value)
+            if out_one is not _NO_VALUE:
+                return self._path(out_one, param, ctx) if annotation is Path else out_one
+        return build_runtime_param(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    def _path(self, value: Path, param: Any, ctx: _click.Context) -> Any:
+        # Typer's own path checks (exists, file_okay, …); given a Path they need no pydantic
+        return coerce_cli_path(value, self.parameter_info, path_type=Path, param=param, ctx=ctx)
+
+
+def _plain_coercion(param: _click.Parameter) -> None:
+    """Give ``param`` a :class:`_PlainRuntimeParam` when its type and options allow it."""
+    if not isinstance(param, (TyperOption, TyperArgument)) or param._runtime_param is not None:
+        return
+    desc = param.type_descriptor
+    info = desc.parameter_info
+    annotation: Any = desc.annotation
+    origin: Any = get_origin(annotation)
+    item = get_args(annotation)[0] if origin is list else annotation
+    if item not in (str, int, float, Path) or desc.file_annotation is not None:
+        return
+    if item is not Path and routes_to_path(item, info):  # Typer would check it as a path
+        return
+    if (info.parser is not None or getattr(info, "click_type", None) is not None
+            or info.min is not None or info.max is not None
+            or getattr(info, "path_type", None) is not None):
+        return
+    param._runtime_param = _PlainRuntimeParam(parameter_info=info, annotation=annotation,
+                                              descriptor=desc)
+
+
 def _plain_params(params: list[_click.Parameter]) -> None:
     for param in params:
+        _plain_coercion(param)
         if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
             param.metavar = ""  # no "<bool>" column for flags
         elif type(param) is TyperOption and param.metavar is None:
@@ -334,6 +420,11 @@ class _PlainHelp(_click.Command):
         opt = super().get_help_option(ctx)
         if opt is not None:
             opt.metavar = ""
+            if isinstance(opt, TyperOption) and opt._runtime_param is None:
+                # The flag is True or absent (None), neither of which is ever coerced; without
+                # this Typer builds a pydantic adapter for it (~0.1 s of imports per command).
+                opt._runtime_param = PassThroughRuntimeParam(annotation=bool,
+                                                             parameter_info=OptionInfo())
         return opt
 
 
@@ -369,4 +460,6 @@ def use_vocabulary(app: typer.Typer) -> None:
 
 def echo_json(obj: Mapping[str, Any]) -> None:
     """Print ``obj`` as one JSON object on stdout (no NaN or Infinity: null instead)."""
+    from cryoset.io.jsontext import json_safe
+
     typer.echo(json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str))

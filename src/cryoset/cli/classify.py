@@ -15,10 +15,8 @@ from pathlib import Path
 
 import typer
 
+from cryoset.cli._defaults import CLASSIFY2D as _D  # Classify2DParams' defaults (the build's too)
 from cryoset.cli._options import echo_json, json_option, option
-from cryoset.workflows.classify2d import Classify2DParams
-
-_D = Classify2DParams()  # the one set of defaults (shared with the build's ``classify:`` section)
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +68,7 @@ def register(app: typer.Typer) -> None:
             cryoset classify2d --store ds/ --query "SELECT * FROM particles" --out class2d
         """
         from cryoset.cli._paths import require_directory_location
-        from cryoset.workflows.classify2d import run_classify2d
+        from cryoset.workflows.classify2d import Classify2DParams, run_classify2d
 
         params = Classify2DParams(
             n_classes=classes, n_iter=n_iter, psi_step_deg=psi_step, offset_range_px=offset_range,
@@ -88,3 +86,5 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(f"{summary['particles']} particles, {classes} classes, good: {summary['good_classes']}; "
                        f"kept {summary['kept']} ({summary['recovered']} recovered) -> {out}")
+        if summary.get("cryovirusdb_csv_note"):  # why no CryoVirusDB particles_selected.csv
+            typer.echo(f"note: particles_selected.csv {summary['cryovirusdb_csv_note']}", err=True)

@@ -32,10 +32,8 @@ from pathlib import Path
 
 import typer
 
+from cryoset.cli._defaults import CTF as _D  # CtfParams' defaults (the build's too)
 from cryoset.cli._options import echo_json, json_option, option
-from cryoset.workflows.ctf import CtfParams
-
-_D = CtfParams()  # the one set of defaults (shared with the build's ``ctf:`` section)
 
 
 def ctf(
@@ -72,7 +70,7 @@ def ctf(
     """
     from rich.console import Console
 
-    from cryoset.workflows.ctf import run_ctf
+    from cryoset.workflows.ctf import CtfParams, run_ctf
 
     params = CtfParams(
         pixel_size_a=pixel_size, voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,

@@ -24,7 +24,6 @@ import typer
 
 from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
-from cryoset.io.jsontext import json_safe
 
 _LAYOUTS = ("cryoppp", "cryo2struct", "cryopanda")
 
@@ -323,6 +322,8 @@ def register(app: typer.Typer) -> None:
         if not any(r["label"] == -1 for r in report["labels"]):
             raise InputError(theirs, "no label map in common with ours to compare")
         if json_out is not None:
+            from cryoset.io.jsontext import json_safe
+
             write_text_atomic(json_out, json.dumps(json_safe(report), indent=2, default=str) + "\n")
             write_provenance(json_out, make_provenance("datasets crosscheck", {}, [theirs, ours]))
         if as_json:

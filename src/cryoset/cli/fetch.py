@@ -23,12 +23,15 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cryoset.archives.download import DownloadRequest, HttpClient, Limits
+from cryoset.cli._defaults import MAX_DOWNLOAD_GB
 from cryoset.cli._options import echo_json, json_option, option
+
+if TYPE_CHECKING:
+    from cryoset.archives.download import DownloadRequest, HttpClient
 
 group = typer.Typer(help="Fetch metadata and files from EMPIAR, EMDB and the PDB.", no_args_is_help=True)
 
@@ -36,11 +39,12 @@ CacheOpt = typer.Option(None, "--cache", metavar="DIR", help="Cache directory (d
 OfflineOpt = typer.Option(False, "--offline", help="Use only the cache; never touch the network.")
 JsonOpt = json_option()
 WorkersOpt = option("workers", 4, min=1, help="Parallel downloads.")
-MaxDownloadOpt = typer.Option(Limits().max_download_bytes / 1e9, "--max-download-gb", min=1e-9, metavar="GB",
+MaxDownloadOpt = typer.Option(MAX_DOWNLOAD_GB, "--max-download-gb", min=1e-9, metavar="GB",
                               help="Refuse any file larger than this many GB (10^9 bytes).")
 
 
 def _http(cache: Path | None, offline: bool, max_download_gb: float | None = None) -> HttpClient:
+    from cryoset.archives.download import HttpClient, Limits
     from cryoset.cli._paths import require_directory_location
 
     root = cache or Path(os.environ.get("CRYOSET_CACHE", Path.home() / ".cache" / "cryoset"))

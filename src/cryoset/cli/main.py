@@ -17,7 +17,6 @@ from pathlib import Path
 
 import typer
 
-from cryoset import __version__
 from cryoset.cli._options import VocabularyGroup, use_vocabulary
 from cryoset.cli._paths import blocking_file
 from cryoset.errors import InputError
@@ -37,6 +36,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trace",
     "predict",
     "train",
+    "embed",
+    "probe",
     "store",
     "build",
     "fetch",
@@ -66,12 +67,39 @@ def is_user_os_error(exc: BaseException) -> bool:
 
 def _version_callback(value: bool) -> None:
     if value:
+        from cryoset import __version__
+
         typer.echo(f"cryoset {__version__}")
         raise typer.Exit()
 
 
-def build_app() -> typer.Typer:
-    """Create the Typer application with every command group registered."""
+def _names(sub: typer.Typer) -> set[str] | None:
+    """The top-level names ``sub``'s registered commands and groups get (None: one is unknown)."""
+    names: set[str] = set()
+    for command in sub.registered_commands:
+        if isinstance(command.name, str):
+            names.add(command.name)
+        elif command.callback is not None:
+            names.add(typer.main.get_command_name(command.callback.__name__))
+        else:
+            return None
+    for group in sub.registered_groups:
+        name = group.name
+        if not isinstance(name, str) and isinstance(group.typer_instance, typer.Typer):
+            name = group.typer_instance.info.name
+        if not isinstance(name, str):
+            return None
+        names.add(name)
+    return names
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """Create the Typer application with every command group registered.
+
+    ``only``: register just the module that provides the top-level command or group ``only``
+    (what ``cryoset only …`` runs; Typer then builds that module's commands alone, not all of
+    them), or everything when no module provides it (so unknown names fail as before).
+    """
     app = typer.Typer(
         name="cryoset",
         cls=VocabularyGroup,
@@ -90,9 +118,21 @@ def build_app() -> typer.Typer:
     ) -> None:
         """cryoset: cryo-EM datasets for machine learning."""
 
+    found = False
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cryoset.cli.{name}")
-        module.register(app)
+        if only is None:
+            module.register(app)
+            continue
+        sub = typer.Typer()
+        module.register(sub)
+        names = _names(sub)
+        if names is None or only in names:
+            app.registered_commands.extend(sub.registered_commands)
+            app.registered_groups.extend(sub.registered_groups)
+            found = found or names is not None
+    if only is not None and not found:
+        return build_app()
     use_vocabulary(app)  # old option spellings, no Python types in help (cli/_options.py)
     return app
 
@@ -140,7 +180,9 @@ def error_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (the console script exits with it)."""
-    app = build_app()
+    args = sys.argv[1:] if argv is None else argv
+    # ``cryoset COMMAND …`` builds only COMMAND's module; the root help builds everything
+    app = build_app(args[0] if args and not args[0].startswith("-") else None)
     try:
         result = app(args=argv, prog_name="cryoset", standalone_mode=False)
     except typer.Exit as exc:

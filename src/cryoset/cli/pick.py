@@ -18,12 +18,10 @@ from typing import Any
 
 import typer
 
+from cryoset.cli._defaults import EXTRACT as _E  # ExtractParams' defaults (the build's too)
+from cryoset.cli._defaults import PICK as _P  # PickParams' defaults (the build's too)
 from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
-from cryoset.workflows.pick import ExtractParams, PickParams
-
-_P = PickParams()  # the one set of defaults (shared with the build's ``pick:`` section)
-_E = ExtractParams()  # likewise ``extract:``
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +33,10 @@ def register(app: typer.Typer) -> None:
         diameter_a: float = option("diameter_a", ..., help="Particle diameter, Å."),
         out: Path = option("out", ..., help="Output directory."),
         pixel_size: float | None = option("pixel_size_a", _P.pixel_size_a, help="Micrograph pixel size, Å; needed for PNG."),
-        method: str = typer.Option(_P.method, "--method", help="blob, template or import."),
+        method: str = typer.Option(_P.method, "--method", help="blob, template, import or features."),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", metavar="PATH",
+            help="ViT encoder for --method features (unsupervised; default: the shipped model)."),
         templates: Path | None = typer.Option(_P.templates, "--templates", help="Template stack (.mrcs), protein bright."),
         template_pixel_size: float | None = option("template_pixel_size_a", _P.template_pixel_size_a),
         import_dir: Path | None = typer.Option(_P.import_dir, "--import-dir", help="Directory (or file) of picks to import (--method import)."),
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         fmt: str = option("format", _P.format, help="Output coordinate format: star, box, csv, cbox, topaz, cs."),
         as_json: bool = json_option(),
     ) -> None:
-        """Pick particles (blob / template / imported) and write one coordinate file per micrograph.
+        """Pick particles (blob / template / imported / features) and write one coordinate file per micrograph.
 
         Writes OUT/<micrograph>.star (RELION coordinates with rlnAutopickFigureOfMerit) or
         another format, OUT/false_positives.csv (rejected picks with Reason, CryoVirusDB
@@ -62,15 +63,17 @@ def register(app: typer.Typer) -> None:
             cryoset pick mics/*.png --diameter-a 300 --pixel-size-a 5.36 --out picks
 
             cryoset pick mics/*.mrc --diameter-a 300 --mask-dir masks --json --out picks
+
+            cryoset pick mics/*.png --diameter-a 300 --pixel-size-a 5.36 --method features --checkpoint vit.safetensors --out picks
         """
-        from cryoset.workflows.pick import run_pick
+        from cryoset.workflows.pick import PickParams, run_pick
 
         params = PickParams(
             diameter_a=diameter_a, pixel_size_a=pixel_size, method=method, templates=templates,
             template_pixel_size_a=template_pixel_size, import_dir=import_dir, threshold=threshold,
             min_distance_fraction=min_distance, min_ncc=min_ncc, min_power=min_power, max_power=max_power,
             mask_dir=mask_dir, ctf=ctf, max_ctf_resolution_a=max_ctf_resolution,
-            light_particles=light_particles, format=fmt,
+            light_particles=light_particles, format=fmt, checkpoint=checkpoint,
         )  # fmt: skip
         result = run_pick(micrographs, out, params)
         summary = result.micrographs
@@ -165,7 +168,7 @@ def register(app: typer.Typer) -> None:
 
             cryoset extract mics/*.mrc --picks picks --box-px 256 --phase-flip --ctf micrographs_ctf.star --out particles
         """
-        from cryoset.workflows.pick import run_extract
+        from cryoset.workflows.pick import ExtractParams, run_extract
 
         params = ExtractParams(
             box_px=box, diameter_a=diameter_a, pixel_size_a=pixel_size, pixel_size_out_a=pixel_size_out,

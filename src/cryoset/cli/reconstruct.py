@@ -17,10 +17,8 @@ from pathlib import Path
 
 import typer
 
+from cryoset.cli._defaults import RECONSTRUCT as _D  # ReconstructParams' defaults
 from cryoset.cli._options import echo_json, json_option, option
-from cryoset.workflows.reconstruct import ReconstructParams
-
-_D = ReconstructParams()  # the one set of defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +53,7 @@ def register(app: typer.Typer) -> None:
             cryoset reconstruct particles.star --out map.mrc --symmetry C4 --reference emd.map --box-px 96
         """
         from cryoset.cli._paths import require_file_location
-        from cryoset.workflows.reconstruct import run_reconstruct
+        from cryoset.workflows.reconstruct import ReconstructParams, run_reconstruct
 
         params = ReconstructParams(symmetry=symmetry, snr=snr, box_px=box, ctf=use_ctf,
                                    gridding_correction=gridding, seed=seed, permissive=permissive)

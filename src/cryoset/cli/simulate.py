@@ -21,7 +21,6 @@ from typing import Any
 import typer
 
 from cryoset.cli._options import json_option, option
-from cryoset.io.jsontext import json_safe
 
 simulate_app = typer.Typer(
     name="simulate",
@@ -32,6 +31,8 @@ simulate_app = typer.Typer(
 
 def _emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     if as_json:
+        from cryoset.io.jsontext import json_safe
+
         typer.echo(json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False))
     else:
         for line in lines:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
 import typer
 
+from cryoset.cli._defaults import TRACE as _D  # TraceParams' defaults
 from cryoset.cli._options import echo_json, json_option, option
 from cryoset.errors import InputError
-from cryoset.workflows.trace import TraceParams
 
-_D = TraceParams()  # the one set of defaults
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
             cryoset trace ca.npy --aa-prob aa.npy --sequence-from-model ref.cif --out trace.cif --lambda 15
         """
-        from cryoset.workflows.trace import run_trace
+        from cryoset.workflows.trace import TraceParams, run_trace
 
         params = TraceParams(threshold=threshold, min_distance_a=min_distance_a, scale_lambda=scale_lambda,
                              jump_penalty=jump_penalty, n_best=n_best, bidirectional=bidirectional,
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
 
             cryoset compare-models trace.pdb deposited.cif --json
         """
+        import numpy as np
         import pandas as pd
 
         from cryoset.trace.compare import compare_ca

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,108 @@ def voxel_corpus_cmd(
                    f"{len(failed)} failed")
     if len(failed):
         raise typer.Exit(1)
+
+
+@train_app.command("ssl-corpus")
+def ssl_corpus_cmd(
+    shared_data: Path = typer.Option(..., "--shared-data", metavar="PATH",
+                                     help="The shared data folder (structures/, micrographs/empiar_10028/)."),
+    out: Path = option("out", ..., help="Corpus folder (train-store/, heldout-store/, experiments.csv)."),
+    particles_per_experiment: int = typer.Option(300, "--particles-per-experiment", metavar="N",
+                                                 help="Simulated particles per experiment."),
+    crops_per_micrograph: int = typer.Option(700, "--crops-per-micrograph", metavar="N",
+                                             help="Random windows per real EMPIAR-10028 micrograph (train only)."),
+    box_px: int = option("box_px", 64, help="Box edge of every image, pixels."),
+    seed: int = option("seed", 0),
+    as_json: bool = json_option(),
+) -> None:
+    """Build the self-supervised training corpus and its held-out probe set (two particle stores).
+
+    Simulated experiments (one structure under one acquisition setting: pixel size, voltage,
+    defocus range, dose) of the shared structures and procedural proteins, plus random windows
+    of the real EMPIAR-10028 micrographs (train only). Held-out experiments use proteins and
+    acquisition combinations never in train. Same seed, same stores. Details: docs/ssl.md.
+
+    Examples
+    --------
+    cryoset train ssl-corpus --shared-data ../shared/data -o build/ssl-corpus --seed 0
+    """
+    from cryoset.cli._paths import require_directory_location
+    from cryoset.workflows.ssl_corpus import SSLCorpusOptions, build_ssl_corpus
+
+    require_directory_location(out, "--out")
+    options = SSLCorpusOptions(particles_per_experiment=particles_per_experiment, box_px=box_px,
+                               crops_per_micrograph=crops_per_micrograph, seed=seed)
+    with _loss_progress() as bar:
+        task = bar.add_task("experiments", total=None, loss="")
+
+        def on_done(name: str, n: int) -> None:
+            bar.update(task, advance=1, loss=name)
+
+        summary = build_ssl_corpus(shared_data, out, options, argv=sys.argv,
+                                   on_start=lambda n: bar.update(task, total=n), on_done=on_done)
+    if as_json:
+        echo_json(summary)
+    else:
+        typer.echo(f"wrote {out}: {summary['train_particles']} train particles "
+                   f"({summary['train_experiments']} experiments, {summary['micrograph_crops']} micrograph crops), "
+                   f"{summary['heldout_particles']} held-out ({summary['heldout_experiments']} experiments) "
+                   f"in {summary['build_seconds']} s")
+
+
+@train_app.command("ssl")
+def ssl_cmd(
+    config: Path = typer.Argument(..., metavar="CONFIG.yaml", help="SSL training configuration (YAML)."),
+    out: Path = option("out", ..., help="Run folder (checkpoints/, metrics.csv, metrics.png, model.safetensors)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Continue from the last checkpoint in the run folder."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    as_json: bool = json_option(),
+) -> None:
+    """Train a ViT particle encoder self-supervised (DINO + iBOT + KoLeo) on particle stores.
+
+    The configuration names the stores (data:, relative to the file), the ViT (model:), heads,
+    crops, losses, teacher and optimiser schedules; see docs/ssl.md and examples/ssl-*.yaml.
+    Writes checkpoints/epoch_NNNN/ (resumable), metrics.csv, metrics.png and model.safetensors
+    (the teacher backbone, for cryoset embed / featuremap --checkpoint). Several processes:
+    torchrun --nproc-per-node N -m cryoset train ssl CONFIG -o OUT.
+
+    Examples
+    --------
+    cryoset train ssl examples/ssl-tiny-cpu.yaml -o build/ssl-tiny
+    """
+    from cryoset.cli._paths import require_directory_location
+    from cryoset.learn.ssl_train import SSLConfig, train_ssl
+    from cryoset.provenance import make_provenance
+    from cryoset.report.ssl_training import plot_ssl_training
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError("--device", f"must be auto, cpu or cuda, got {device!r}")
+    settings = SSLConfig.from_yaml(config)
+    require_directory_location(out, "--out")
+    prov = make_provenance("train ssl", {"config": settings.to_json(), "data": list(settings.data)},
+                           [config], argv=sys.argv)
+    with _loss_progress() as bar:
+        task = bar.add_task("epoch", total=None, loss="")
+
+        def on_step(epoch: int, step: int, total: int, loss: float) -> None:
+            if step == 0:
+                bar.reset(task, total=total, description=f"epoch {epoch + 1}/{settings.optim.epochs}")
+            bar.update(task, completed=step + 1, loss=f"loss {loss:.4f}")
+
+        result = train_ssl(settings, out, device=device, resume=resume, provenance=prov, on_step=on_step,
+                           on_epoch=lambda rows: plot_ssl_training(rows, out / "metrics.png"))
+    summary = {"run": str(out), **result}
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from rank 0
+        return
+    if as_json:
+        echo_json(summary)
+    else:
+        last = result["last_metrics"]
+        typer.echo(f"trained {result['epochs_run']} epochs on {result['n_particles']} particles "
+                   f"({result['images_per_s']:.1f} images/s) → {out / 'model.safetensors'}"
+                   + (f"; loss {last['loss']:.3f}, effective rank {last.get('effective_rank', float('nan')):.1f}"
+                      if last else ""))
 
 
 def register(app: typer.Typer) -> None:

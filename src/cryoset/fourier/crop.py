@@ -17,7 +17,9 @@ __all__ = ["fourier_crop", "resampled_pixel_size_a"]
 
 def _crop_axis(n: int, m: int) -> NDArray[np.intp]:
     """Indices of the ``m`` lowest frequencies of an unshifted ``n``-point FFT axis."""
-    k = np.fft.fftfreq(m) * m  # 0, 1, …, -1 as integers for an m-point FFT
+    # 0, 1, …, -1 as integers for an m-point FFT (rounded: fftfreq(m) * m is not exact,
+    # e.g. 14.999… for m = 366, and truncation would duplicate a frequency)
+    k = np.rint(np.fft.fftfreq(m) * m)
     return np.asarray(np.where(k >= 0, k, n + k), dtype=np.intp)
 
 

@@ -5,7 +5,9 @@ Geometry: a pick at ``(x_px, y_px)`` is rounded to the nearest pixel ``(j, i)`` 
 round up, ``floor(x + 0.5)``) and the box of size ``b`` is
 ``image[i − b//2 : i − b//2 + b, j − b//2 : j − b//2 + b]``, so the pick sits at box pixel
 ``(b//2, b//2)`` — RELION's centre for even and odd boxes. Picks whose box leaves the
-micrograph are skipped and counted.
+micrograph are skipped and counted. (RELION 3.1 truncates the coordinate instead,
+``(long int) x``: for a fractional part ≥ 0.5 its box sits one pixel lower; RELION also keeps
+boxes that cross the edge. ``benchmarks/bench_extract.py`` measures both.)
 
 Order of operations (per particle, as RELION's ``relion_preprocess --extract``): cut the box;
 optionally phase-flip it with its own CTF (``FT ← FT · sign(CTF)``, local defocus when the
@@ -21,12 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 from cryoset.ctf.model import CTFParams, ctf_2d
 from cryoset.errors import InputError
-from cryoset.fourier.crop import fourier_crop
 
 __all__ = [
     "ExtractionResult",
@@ -145,6 +145,8 @@ def phase_flip(box: ArrayLike, params: CTFParams, pixel_size_a: float) -> NDArra
     pixel_size_a
         Pixel size of ``box`` (Å).
     """
+    import scipy.fft  # imported here: extraction without phase flipping needs no FFT library
+
     b = np.asarray(box, dtype=np.float64)
     sign = np.sign(ctf_2d(params, (b.shape[0], b.shape[1]), pixel_size_a, rfft=True))
     sign[sign == 0] = 1.0
@@ -268,7 +270,12 @@ def extract_particles(
             boxes[k] = phase_flip(boxes[k], _row_ctf(table.iloc[k], ctf), pixel_size_a)
     m = output_box_size(int(box_px), pixel_size_a, pixel_size_out_a)
     out_px = pixel_size_a * box_px / m
-    stack = fourier_crop(boxes, (m, m)) if m != box_px and len(boxes) else boxes
+    if m != box_px and len(boxes):
+        from cryoset.fourier.crop import fourier_crop  # scipy.fft: only when down-sampling
+
+        stack = fourier_crop(boxes, (m, m))
+    else:
+        stack = boxes
     if invert:
         stack = -stack
     if normalise and len(stack):

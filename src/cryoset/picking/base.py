@@ -8,7 +8,7 @@ steps are separate methods so that a caller can inspect the score map or the raw
 :meth:`Picker.pick` runs them in order.
 
 >>> sorted(available_pickers())
-['blob', 'import', 'template']
+['blob', 'features', 'import', 'template']
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "PreparedMicrograph",
     "ScoreMap",
     "available_pickers",
+    "picker_class",
     "register_picker",
 ]
 
@@ -118,6 +119,10 @@ class PickerInputs:
         ``"templates"``.
     picks
         Canonical picks table of this micrograph, for pickers that need ``"picks"``.
+    featurizer, featurizer_input_px
+        Windows ``(B, w, w)`` of the micrograph → encoder features ``(B, D)``, and the
+        encoder's input size (px); for pickers that need ``"featurizer"`` (built by the
+        caller from a checkpoint, so that ``picking`` never loads a model).
     """
 
     diameter_a: float
@@ -129,6 +134,8 @@ class PickerInputs:
     template_pixel_size_a: float | None = None
     template_source: str | os.PathLike[str] = "templates"
     picks: pd.DataFrame | None = None
+    featurizer: Callable[[NDArray[np.float32]], NDArray[np.floating]] | None = None
+    featurizer_input_px: int | None = None
 
 
 class Picker(ABC):
@@ -191,6 +198,25 @@ def register_picker(name: str) -> Callable[[P], P]:
         return cls
 
     return decorate
+
+
+#: Modules of the built-in pickers, so that :func:`picker_class` imports only the one asked
+#: for (a command then loads neither the template picker's nor the evaluation's dependencies).
+_BUILTIN_MODULES = {"blob": "cryoset.picking.blob", "template": "cryoset.picking.template",
+                    "import": "cryoset.picking.imported", "features": "cryoset.picking.features"}
+
+
+def picker_class(name: str) -> type[Picker] | None:
+    """The picker registered under ``name`` (None if there is none).
+
+    A built-in picker is found by importing its own module only; any other name falls back
+    to :func:`available_pickers` (which imports every module of the package).
+    """
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    return available_pickers().get(name)
 
 
 def available_pickers() -> dict[str, type[Picker]]:

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+import scipy.fft
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
 
 from cryoset.errors import InputError
-from cryoset.fourier.crop import fourier_crop
 from cryoset.picking.base import (
     Peaks,
     Picker,
@@ -52,6 +52,7 @@ __all__ = [
     "BlobPicker",
     "BlobSettings",
     "blob_response",
+    "fourier_crop_f32",
     "pick_blobs",
     "prepare_micrograph",
 ]
@@ -110,10 +111,91 @@ class BlobSettings:
         return float(lo), float(hi)
 
 
+def _crop_rows(n: int, m: int) -> NDArray[np.intp]:
+    """Indices of the ``m`` lowest frequencies of an unshifted ``n``-point FFT axis."""
+    k = np.arange(m)
+    return np.asarray(np.where(k < (m + 1) // 2, k, n - m + k), dtype=np.intp)
+
+
+def fourier_crop_f32(image: NDArray[np.float32], out_shape: tuple[int, int]) -> NDArray[np.float32]:
+    """:func:`cryoset.fourier.crop.fourier_crop` of one image from a float32 real FFT.
+
+    The same result (to float32 rounding): the ``m`` lowest frequencies of each axis kept,
+    values scaled by ``m² / n²``; for even ``m`` the Nyquist row/column is the mean of the
+    input's ``±m/2`` frequencies, which is what the real part of the complex crop keeps
+    (:func:`irfft2` averages the Nyquist column itself).
+    """
+    ny, nx = image.shape
+    my, mx = out_shape
+    if (my, mx) == (ny, nx):
+        return np.asarray(image, dtype=np.float32)
+    f = scipy.fft.rfft2(image)
+    g = f[_crop_rows(ny, my), : mx // 2 + 1]
+    if my % 2 == 0 and my < ny:  # Nyquist row: mean of the +my/2 and -my/2 input rows
+        g[my // 2] = 0.5 * (f[ny - my // 2, : mx // 2 + 1] + f[my // 2, : mx // 2 + 1])
+        if mx % 2 == 0 and mx < nx:  # the corner keeps the real part of the +(my/2, mx/2) bin
+            g[my // 2, mx // 2] = f[my // 2, mx // 2]
+    out = scipy.fft.irfft2(g, s=(my, mx))
+    return np.asarray(out * np.float32(my * mx / (ny * nx)), dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _kernel_dct(n: int, sigma: float, order: int) -> NDArray[np.float32]:
+    """Transfer function on the ``n`` DCT-II bins of an axis of the sampled Gaussian kernel
+    (``order`` 0) or its second derivative (``order`` 2) that :mod:`scipy.ndimage` uses
+    (radius ``round(4 σ)``, Gaussian normalised to sum 1).
+
+    Multiplying DCT-II coefficients by it filters with mirror ("reflect") boundaries:
+    :func:`scipy.ndimage.gaussian_filter` / ``gaussian_laplace`` with ``mode="reflect"``, as
+    long as the kernel is shorter than twice the axis.
+    """
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    h = np.exp(-0.5 * x * x / (sigma * sigma))
+    h /= h.sum()
+    if order == 2:
+        h *= x * x / sigma**4 - 1.0 / sigma**2
+    f = np.arange(n, dtype=np.float64) / (2.0 * n)
+    return _frozen(np.cos(2.0 * math.pi * f[:, None] * x[None, :]) @ h)
+
+
+def _frozen(a: NDArray[np.floating]) -> NDArray[np.float32]:
+    """A read-only float32 copy (the transfer functions are cached and shared)."""
+    out = np.array(a, dtype=np.float32)
+    out.flags.writeable = False
+    return out
+
+
+@lru_cache(maxsize=64)
+def _gaussian_dct(shape: tuple[int, ...], sigma: float) -> NDArray[np.float32]:
+    """2-D Gaussian filter of sd ``sigma`` pixels on the DCT-II bins (see :func:`_kernel_dct`)."""
+    return _frozen(_kernel_dct(shape[0], sigma, 0)[:, None] * _kernel_dct(shape[1], sigma, 0)[None, :])
+
+
+@lru_cache(maxsize=64)
+def _neg_log_dct(shape: tuple[int, ...], sigma: float) -> NDArray[np.float32]:
+    """``−σ² ∇²G_σ`` on the DCT-II bins: ``−σ² (G''_y G_x + G_y G''_x)`` with sampled kernels."""
+    gy, gx = _kernel_dct(shape[0], sigma, 0), _kernel_dct(shape[1], sigma, 0)
+    dy, dx = _kernel_dct(shape[0], sigma, 2), _kernel_dct(shape[1], sigma, 2)
+    return _frozen(np.float32(-(sigma**2)) * (dy[:, None] * gx[None, :] + gy[:, None] * dx[None, :]))
+
+
+def _dct(a: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.asarray(scipy.fft.dctn(a, type=2, norm="ortho"), dtype=np.float32)
+
+
+def _idct(a: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.asarray(scipy.fft.idctn(a, type=2, norm="ortho"), dtype=np.float32)
+
+
 def prepare_micrograph(
     image: ArrayLike, diameter_px: float, *, dark_particles: bool = True
 ) -> tuple[NDArray[np.float32], float]:
     """Down-sample and normalise a micrograph for picking.
+
+    One float32 real FFT of the micrograph gives the Fourier-cropped working image; the
+    local mean and sd (Gaussian windows of sd ``2 d``, mirror boundaries) are products in
+    the cosine (DCT-II) domain of the small working image, not spatial convolutions.
 
     Parameters
     ----------
@@ -140,25 +222,31 @@ def prepare_micrograph(
     mx = min(mx, nx)
     factor = nx / mx
     my = min(ny, max(8, round(ny / factor)))
-    work = fourier_crop(img, (my, mx)).astype(np.float64)
+    work = fourier_crop_f32(img, (my, mx))
     # local flattening: remove the local mean and divide by the local sd (Gaussian windows
     # of sd 2 d), so carbon, thick ice and gradients do not dominate the global statistics
-    s = 2.0 * diameter_px / factor
-    work -= ndimage.gaussian_filter(work, s, mode="reflect")
-    local_sd = np.sqrt(ndimage.gaussian_filter(work * work, s, mode="reflect"))
+    g = _gaussian_dct(work.shape, 2.0 * diameter_px / factor)
+    work = _idct(_dct(work) * (np.float32(1.0) - g))
+    local_sd = np.sqrt(np.maximum(_idct(_dct(work * work) * g), np.float32(0.0)))
     floor = 1e-6 * float(local_sd.max()) if local_sd.size else 0.0
-    work = work / np.maximum(local_sd, floor) if floor > 0 else work
-    work -= np.median(work)
-    sd = float(work.std())
+    if floor > 0:
+        work /= np.maximum(local_sd, np.float32(floor))
+    work -= np.float32(np.median(work))
+    sd = float(work.std(dtype=np.float64))
     if sd > 0:
-        work /= sd
+        work /= np.float32(sd)
     if dark_particles:
         work = -work
-    return work.astype(np.float32), float(factor)
+    return np.asarray(work, dtype=np.float32), float(factor)
 
 
 def blob_response(work: ArrayLike, diameters_px: ArrayLike) -> NDArray[np.float32]:
     """Max over scales of the scale-normalised LoG, in robust noise units.
+
+    The filter bank comes from one DCT-II of ``work`` (float32): for each scale the
+    coefficients are multiplied by the transfer function of ``−σ² ∇²G_σ`` (the sampled
+    kernels of ``scipy.ndimage.gaussian_laplace`` with ``mode="reflect"``, see
+    :func:`_kernel_dct`) and transformed back; no spatial convolution at any sigma.
 
     Parameters
     ----------
@@ -171,16 +259,16 @@ def blob_response(work: ArrayLike, diameters_px: ArrayLike) -> NDArray[np.float3
     -------
     ndarray of float32, shape (ny, nx)
     """
-    w = np.asarray(work, dtype=np.float64)
+    w = np.asarray(work, dtype=np.float32)
     d = np.asarray(diameters_px, dtype=np.float64).reshape(-1)
-    resp = np.full(w.shape, -np.inf)
+    spectrum = _dct(w)
+    resp = np.full(w.shape, -np.inf, dtype=np.float32)
     for dk in d:
-        sigma = dk / (2.0 * math.sqrt(2.0))
-        np.maximum(resp, -(sigma**2) * ndimage.gaussian_laplace(w, sigma), out=resp)
-    resp -= ndimage.gaussian_filter(resp, 2.0 * float(d.mean()))
+        np.maximum(resp, _idct(spectrum * _neg_log_dct(w.shape, dk / (2.0 * math.sqrt(2.0)))), out=resp)
+    resp = _idct(_dct(resp) * (np.float32(1.0) - _gaussian_dct(w.shape, 2.0 * float(d.mean()))))
     med = float(np.median(resp))
-    mad = 1.4826 * float(np.median(np.abs(resp - med)))
-    return np.asarray((resp - med) / (mad if mad > 0 else 1.0), dtype=np.float32)
+    mad = 1.4826 * float(np.median(np.abs(resp - np.float32(med))))
+    return np.asarray((resp - np.float32(med)) / np.float32(mad if mad > 0 else 1.0), dtype=np.float32)
 
 
 def disk_ncc(work: ArrayLike, xy: ArrayLike, diameter_px: float) -> NDArray[np.float64]:

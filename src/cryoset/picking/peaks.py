@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 __all__ = [
     "disk",
@@ -68,16 +66,26 @@ def non_max_suppression(
     order = np.lexsort((np.arange(len(s)), -key))
     if not min_distance_px > 0:
         return order.astype(np.intp)
-    tree = cKDTree(p)
+    # neighbours through a grid of cells of side min_distance: a pick's suppressed
+    # neighbours lie in its own and the 8 adjacent cells (no k-d tree, no scipy.spatial)
+    d2 = float(min_distance_px) ** 2
+    cell = np.floor(p / float(min_distance_px)).astype(np.int64)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, (cx, cy) in enumerate(cell.tolist()):
+        buckets.setdefault((cx, cy), []).append(i)
+    members = {key: np.asarray(v, dtype=np.intp) for key, v in buckets.items()}
     removed = np.zeros(len(p), dtype=bool)
     keep: list[int] = []
-    # strictly closer than min_distance: query a hair below it
-    radius = float(min_distance_px) * (1 - 1e-12)
-    for i in order:
+    for i in order.tolist():
         if removed[i]:
             continue
-        keep.append(int(i))
-        removed[tree.query_ball_point(p[i], radius)] = True
+        keep.append(i)
+        cx, cy = int(cell[i, 0]), int(cell[i, 1])
+        for nb in ((cx + a, cy + b) for a in (-1, 0, 1) for b in (-1, 0, 1)):
+            if nb in members:
+                idx = members[nb]
+                # strictly closer than min_distance
+                removed[idx[((p[idx] - p[i]) ** 2).sum(axis=1) < d2]] = True
     return np.asarray(keep, dtype=np.intp)
 
 
@@ -125,7 +133,7 @@ def find_peaks(
     if r.ndim != 2:
         raise ValueError(f"response must be 2-D, got shape {r.shape}")
     fp = disk(max(1.0, 0.5 * float(min_distance_px)))
-    local_max = ndimage.maximum_filter(r, footprint=fp, mode="nearest")
+    local_max = _disk_maximum(r, fp)
     cand = (r >= local_max) & (r > threshold) & np.isfinite(r)
     rows, cols = np.nonzero(cand)
     xy = np.column_stack([cols, rows]).astype(np.float64)
@@ -134,6 +142,36 @@ def find_peaks(
     xy, vals = xy[inside], vals[inside]
     keep = non_max_suppression(xy, vals, min_distance_px)
     return xy[keep], vals[keep]
+
+
+def _disk_maximum(image: NDArray[np.float64], footprint: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Maximum over a centred footprint with edge-replicated borders: what
+    ``scipy.ndimage.maximum_filter(image, footprint=footprint, mode="nearest")`` returns."""
+    ry, rx = footprint.shape[0] // 2, footprint.shape[1] // 2
+    ny, nx = image.shape
+    padded = np.pad(image, ((ry, ry), (rx, rx)), mode="edge")
+    # horizontal maxima over [x - w, x + w] for every half-width w (each from the previous
+    # one: [x-w, x+w] = [x-w, x+w-2] ∪ [x-w+2, x+w]), then one vertical shift per footprint row
+    rows = [padded]
+    for w in range(1, rx + 1):
+        prev = rows[-1]
+        h = np.full(prev.shape, -np.inf)
+        h[:, 1:-1] = np.maximum(prev[:, :-2], prev[:, 2:])
+        if w == 1:  # [x-1, x+1] needs the centre too; wider ones overlap
+            np.maximum(h, prev, out=h)
+        rows.append(h)
+    out = np.full(image.shape, -np.inf)
+    for dy in range(footprint.shape[0]):
+        cols = np.flatnonzero(footprint[dy])
+        if len(cols) == 0:
+            continue
+        lo, hi = int(cols[0]), int(cols[-1])
+        if hi - rx != rx - lo or len(cols) != hi - lo + 1:  # not a centred run: shift by shift
+            for dx in cols:
+                np.maximum(out, padded[dy : dy + ny, dx : dx + nx], out=out)
+            continue
+        np.maximum(out, rows[rx - lo][dy : dy + ny, rx : rx + nx], out=out)
+    return out
 
 
 def peaks_in_micrograph(

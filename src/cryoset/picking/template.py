@@ -202,38 +202,47 @@ def ncc_map(image: ArrayLike, templates: ArrayLike) -> tuple[NDArray[np.float32]
     best : ndarray of intp, shape (ny, nx)
         Index of the best template.
     """
-    img = np.asarray(image, dtype=np.float64)
-    t = np.asarray(templates, dtype=np.float64)
+    # float32 throughout (complex64 spectra): the image is normalised (sd 1), so the local
+    # moments lose nothing that matters to an NCC in [-1, 1]
+    img = np.asarray(image, dtype=np.float32)
+    t = np.asarray(templates, dtype=np.float32)
     ny, nx = img.shape
     k, s, _ = t.shape
     half = s // 2
-    mask: NDArray[np.float64] = np.asarray((np.abs(t) > 0).any(axis=0), dtype=np.float64)
+    mask: NDArray[np.float32] = np.asarray((np.abs(t) > 0).any(axis=0), dtype=np.float32)
     n_mask = float(mask.sum())
     fy = scipy.fft.next_fast_len(ny + s, real=True)
     fx = scipy.fft.next_fast_len(nx + s, real=True)
+    pad = np.zeros((fy, fx), dtype=np.float32)
 
-    def kernel_ft(k2d: NDArray[np.float64]) -> NDArray[np.complex128]:
-        # correlation = convolution with the flipped kernel, centred at (half, half)
-        pad = np.zeros((fy, fx))
-        pad[:s, :s] = k2d[::-1, ::-1]
-        pad = np.roll(pad, (-half, -half), axis=(0, 1))
+    def kernel_ft(k2d: NDArray[np.float32]) -> NDArray[np.complex64]:
+        # correlation = convolution with the flipped kernel, centred at (half, half): the
+        # kernel's corners wrap around the padded array's corners
+        pad[:] = 0.0
+        flipped = k2d[::-1, ::-1]
+        pad[: s - half, : s - half] = flipped[half:, half:]
+        pad[: s - half, fx - half :] = flipped[half:, :half]
+        pad[fy - half :, : s - half] = flipped[:half, half:]
+        pad[fy - half :, fx - half :] = flipped[:half, :half]
         return np.asarray(scipy.fft.rfft2(pad))
 
     fi = scipy.fft.rfft2(img, s=(fy, fx))
     fi2 = scipy.fft.rfft2(img * img, s=(fy, fx))
     fm = kernel_ft(mask)
-    mean = scipy.fft.irfft2(fi * fm, s=(fy, fx))[:ny, :nx] / n_mask
-    ex2 = scipy.fft.irfft2(fi2 * fm, s=(fy, fx))[:ny, :nx] / n_mask
-    sd = np.sqrt(np.maximum(ex2 - mean * mean, 0.0))
-    denom = math.sqrt(n_mask) * np.where(sd > 1e-6, sd, np.inf)
-    best = np.full((ny, nx), -np.inf)
+    mean = scipy.fft.irfft2(fi * fm, s=(fy, fx))[:ny, :nx] / np.float32(n_mask)
+    ex2 = scipy.fft.irfft2(fi2 * fm, s=(fy, fx))[:ny, :nx] / np.float32(n_mask)
+    sd = np.sqrt(np.maximum(ex2 - mean * mean, np.float32(0.0)))
+    inv_denom = np.where(sd > 1e-6, np.float32(1.0 / math.sqrt(n_mask)) / np.maximum(sd, np.float32(1e-6)),
+                         np.float32(0.0)).astype(np.float32)
+    best = np.full((ny, nx), -np.inf, dtype=np.float32)
     arg = np.zeros((ny, nx), dtype=np.intp)
+    better = np.empty((ny, nx), dtype=bool)
     for i in range(k):
-        c = scipy.fft.irfft2(fi * kernel_ft(t[i]), s=(fy, fx))[:ny, :nx] / denom
-        better = c > best
-        best[better] = c[better]
+        c = scipy.fft.irfft2(fi * kernel_ft(t[i]), s=(fy, fx))[:ny, :nx] * inv_denom
+        np.greater(c, best, out=better)
+        np.copyto(best, c, where=better)
         arg[better] = i
-    return best.astype(np.float32), arg
+    return best, arg
 
 
 def pick_templates(

@@ -22,6 +22,7 @@ import yaml
 
 from cryoset.deprecation import notify_deprecated
 from cryoset.errors import InputError
+from cryoset.picking.base import available_pickers
 from cryoset.workflows.classify2d import Classify2DParams
 from cryoset.workflows.ctf import CtfParams
 from cryoset.workflows.curate import CurateParams
@@ -50,7 +51,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
     # the CTF STAR of inspection is the build's own; templates / import_dir / mask_dir are
     # paths relative to the configuration file
     "pick": _from(PickParams, {
-        "diameter_a": "posnum", "method": "choice:blob|template|import", "templates": "str",
+        "diameter_a": "posnum", "method": "choice:" + "|".join(sorted(available_pickers())), "templates": "str",
         "template_pixel_size_a": "posnum", "import_dir": "str", "threshold": "number",
         "min_distance_fraction": "nonneg", "min_ncc": "number", "min_power": "number",
         "max_power": "number", "mask_dir": "str", "max_ctf_resolution_a": "posnum",

@@ -17,6 +17,10 @@ exercises exactly what a user types. Steps:
    the true model (the report shows the predicted Cα over the truth).
 9. ``build`` — a dataset of two simulated "experiments" built end to end (CTF → pick →
    extract → classify → store, resumable) and queried.
+10. ``featuremap`` — the shipped self-supervised ViT's feature map of one micrograph (PCA of the
+    window features as colours over the micrograph, cryoPANDA Fig. 8). Skipped, with the reason
+    logged and shown in the report, when no ViT checkpoint is installed; another one can be given
+    with ``CRYOSET_DEMO_VIT_CHECKPOINT`` (or ``run_demo(vit_checkpoint=)``).
 
 The report (``report.html``) shows micrographs with picks, CTF diagnostics, class
 averages and every metric; ``demo.json`` holds the numbers; ``provenance.json`` the
@@ -146,6 +150,35 @@ def _sequence_of(model: Path) -> str:
     return model_sequences(model)[0][1]
 
 
+#: Environment variable naming the ViT checkpoint of the feature-map step (default: the shipped one).
+VIT_CHECKPOINT_ENV = "CRYOSET_DEMO_VIT_CHECKPOINT"
+
+
+def featuremap_step(run: DemoRun, micrograph: Path, out: Path, diameter_px: float,
+                    checkpoint: str | Path | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The feature-map step: ``(summary, "")``, or ``(None, reason)`` when no ViT checkpoint exists.
+
+    The checkpoint is ``checkpoint``, else ``$CRYOSET_DEMO_VIT_CHECKPOINT``, else the shipped one.
+    Windows are two particle diameters wide, four per window in stride.
+    """
+    import os
+
+    from cryoset.learn.vit_weights import DEFAULT_VIT_CHECKPOINT
+
+    chosen = checkpoint or os.environ.get(VIT_CHECKPOINT_ENV) or None
+    ckpt = Path(chosen) if chosen else DEFAULT_VIT_CHECKPOINT
+    if not ckpt.exists():
+        reason = (f"feature map skipped: no ViT checkpoint at {ckpt} (the shipped model is not installed; "
+                  f"set {VIT_CHECKPOINT_ENV} to use another)")
+        run.log(f"[demo] {reason}")
+        return None, reason
+    window = max(32, round(2 * diameter_px))
+    stride = max(8, window // 4)
+    summary = run.run("featuremap", "featuremap", micrograph, "--checkpoint", ckpt, "--window-px", window,
+                      "--stride-px", stride, "--out", out, "--json").json()
+    return summary, ""
+
+
 def _build_config(quick: bool) -> dict[str, Any]:
     """The demo's build configuration: two small simulated experiments (see docs/build.md)."""
     n_mics = 1 if quick else 2
@@ -166,7 +199,8 @@ def _build_config(quick: bool) -> dict[str, Any]:
     }
 
 
-def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], None] = print) -> Path:
+def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], None] = print,
+             vit_checkpoint: str | Path | None = None) -> Path:
     """Run the demo into ``out_dir`` and return the path of ``report.html``.
 
     Parameters
@@ -177,6 +211,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
         Smaller inputs (for tests): 2 micrographs of 512² instead of 3 of 1024².
     log
         Where progress lines go.
+    vit_checkpoint
+        ViT weights for the feature-map step (default: ``$CRYOSET_DEMO_VIT_CHECKPOINT``, else the
+        shipped model; the step is skipped when there is none).
     """
     import pandas as pd
 
@@ -280,6 +317,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
                  "FROM particles GROUP BY experiment_id ORDER BY experiment_id",
                  "--store", out / "build" / "store", "--json").json()["rows"]
 
+    # 10. feature map of one micrograph with the self-supervised ViT
+    fmap, fmap_skipped = featuremap_step(run, mics[0], out / "featuremap", diameter_px, vit_checkpoint)
+
     # ------------------------------------------------------------------ report
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
@@ -340,6 +380,17 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, log: Callable[[str], N
     report.table(pd.DataFrame(bq))
     for html_report in sorted((out / "build").rglob("report.html")):
         report.paragraph(f"per-experiment report: {html_report.relative_to(out)}")
+    report.heading("Micrograph feature map (self-supervised ViT)")
+    if fmap is None:
+        report.paragraph(fmap_skipped)
+    else:
+        report.paragraph(f"{mics[0].name}: one ViT vector per {fmap['window_px']}-px window every "
+                         f"{fmap['stride_px']} px ({fmap['grid_shape'][0]}×{fmap['grid_shape'][1]} windows); "
+                         "the first three principal components of this micrograph's window features as RGB.")
+        report.figure(out / "featuremap" / "pca_overlay.png", "PCA of window features over the micrograph",
+                      relative_to=out)
+        report.figure(out / "featuremap" / "pca_rgb.png", "PCA colours (PC1 red, PC2 green, PC3 blue)",
+                      relative_to=out)
     report.heading("Format round trip")
     report.code(json.dumps(info, indent=2)[:3000])
     report.heading("Steps")

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -329,20 +330,27 @@ def _inverse(acc: FourierAccumulator, regulariser: float | NDArray[np.float64]) 
     """``irfftn(D / (W + reg))`` cropped to ``b³``, uncorrected."""
     data, weight = _hermitian_plane(acc)
     n_pad = acc.n_pad
-    shells = shell_index(n_pad, 3)
+    shells = _shells(n_pad)
     reg_arr = np.asarray(regulariser, np.float64)
-    if reg_arr.ndim == 0:
-        reg = np.full(weight.shape, float(reg_arr))
-    else:
-        reg = reg_arr[np.minimum(shells, reg_arr.size - 1)]
     floor = 1e-6 * max(float(weight.max()), 1e-30)
-    denom = weight + reg
     good = (weight > floor) & (shells < n_pad // 2 - 1)
-    spec = np.where(good, data / np.where(good, denom, 1.0), 0.0)
-    vol = np.fft.fftshift(scipy.fft.irfftn(spec, s=(n_pad,) * 3, workers=-1))
+    denom = weight  # W + reg, in place on the copy made by _hermitian_plane
+    denom += float(reg_arr) if reg_arr.ndim == 0 else reg_arr[np.minimum(shells, reg_arr.size - 1)]
+    spec = np.zeros_like(data)
+    np.divide(data, denom, out=spec, where=good)
+    vol = scipy.fft.irfftn(spec, s=(n_pad,) * 3, workers=-1)
+    # the centred b³ box of fftshift(vol), read straight from the unshifted volume
     b = acc.box
-    o = n_pad // 2 - b // 2
-    return np.ascontiguousarray(vol[o:o + b, o:o + b, o:o + b], dtype=np.float32)
+    idx = (np.arange(n_pad // 2 - b // 2, n_pad // 2 - b // 2 + b) - n_pad // 2) % n_pad
+    return np.ascontiguousarray(vol[np.ix_(idx, idx, idx)], dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _shells(n_pad: int) -> NDArray[np.int64]:
+    """:func:`shell_index` of the padded 3-D half grid, computed once per size (read-only)."""
+    shells = shell_index(n_pad, 3)
+    shells.flags.writeable = False
+    return shells
 
 
 @dataclass

@@ -647,7 +647,21 @@ class ParticleStore:
         """
         from cryoset.store.sql import read_only_connection
 
-        return read_only_connection(self.parquet_files())
+        return read_only_connection(self.parquet_files(), extra_views=self.embedding_views())
+
+    def embedding_views(self) -> dict[str, list[Path]]:
+        """``embeddings_<name>`` → the ``index.parquet`` files of every committed embedding
+        ``experiments/<id>/embeddings/<name>/`` (written by ``cryoset embed``)."""
+        views: dict[str, list[Path]] = {}
+        for exp in self.experiments():
+            d = self.root / "experiments" / exp / "embeddings"
+            if not d.is_dir():
+                continue
+            for sub in sorted(d.iterdir()):
+                if (sub.is_dir() and re.fullmatch(r"[a-z][a-z0-9_]{0,62}", sub.name)
+                        and (sub / "index.parquet").is_file()):
+                    views.setdefault(f"embeddings_{sub.name}", []).append(sub / "index.parquet")
+        return views
 
     def query(self, sql: str) -> pd.DataFrame:
         """Run one read-only SELECT against the ``particles`` view; returns a DataFrame.

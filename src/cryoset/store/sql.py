@@ -20,7 +20,7 @@ in-memory table before external access is turned off (the same isolation, more m
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cryoset.errors import InputError
@@ -42,7 +42,8 @@ def _supports_allowed_paths(con: Any) -> bool:
 
 
 def read_only_connection(parquet_files: Sequence[str | os.PathLike[str]], *,
-                         materialise: bool | None = None) -> Any:
+                         materialise: bool | None = None,
+                         extra_views: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None) -> Any:
     """An in-memory DuckDB connection that can read ``parquet_files`` (as ``particles``) and nothing else.
 
     Parameters
@@ -52,6 +53,9 @@ def read_only_connection(parquet_files: Sequence[str | os.PathLike[str]], *,
     materialise
         Copy the data into an in-memory table instead of reading the files lazily through
         ``allowed_paths``. None: only when this DuckDB has no ``allowed_paths`` setting.
+    extra_views
+        More read-only views, ``name → Parquet files`` (e.g. ``embeddings_<name>`` over the
+        embedding index files of ``cryoset embed``); their files are allowed too.
 
     Returns
     -------
@@ -70,11 +74,19 @@ def read_only_connection(parquet_files: Sequence[str | os.PathLike[str]], *,
             source = "(SELECT NULL::VARCHAR AS experiment_id, NULL::BIGINT AS particle_index WHERE false)"
         if materialise is None:
             materialise = not _supports_allowed_paths(con)
+        extra = {name: [os.path.abspath(p) for p in paths] for name, paths in (extra_views or {}).items() if paths}
         if materialise or not files:
             con.execute(f"CREATE TABLE {VIEW} AS SELECT * FROM {source}")
+            for name, paths in extra.items():
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet([{', '.join(map(_literal, paths))}], "
+                            "union_by_name=true)")
         else:
             con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM {source}")
-            con.execute(f"SET allowed_paths = [{', '.join(_literal(f) for f in files)}]")
+            for name, paths in extra.items():
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{', '.join(map(_literal, paths))}], "
+                            "union_by_name=true)")
+            allowed = files + [p for paths in extra.values() for p in paths]
+            con.execute(f"SET allowed_paths = [{', '.join(_literal(f) for f in allowed)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except BaseException:

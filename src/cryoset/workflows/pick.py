@@ -203,6 +203,7 @@ class PickParams:
     max_ctf_resolution_a: float | None = None
     light_particles: bool = False
     format: str = "star"
+    checkpoint: Path | None = None  # the encoder of --method features (None: the shipped one)
 
 
 #: Every pick with its scores and inspection verdict, written by :func:`run_pick` beside the
@@ -238,18 +239,19 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
     from cryoset.io.atomic import staged_directory
     from cryoset.io.coords import FORMATS, write_coords
     from cryoset.picking.base import PickerInputs, available_pickers
+    from cryoset.picking.base import picker_class as find_picker
     from cryoset.picking.inspection import InspectionSettings, inspect_picks
-    from cryoset.picking.template import check_templates
     from cryoset.provenance import make_provenance, write_provenance
 
     diameter_a = params.diameter_a
     if diameter_a is None or not (math.isfinite(diameter_a) and diameter_a > 0):
         raise InputError("--diameter-a", f"must be a positive number of Å, got {diameter_a}")
     method, threshold, fmt = params.method, params.threshold, params.format
-    pickers = available_pickers()
-    if method not in pickers:
+    # only the chosen picker's module is imported (start-up time of the command)
+    picker_class = find_picker(method)
+    if picker_class is None:
+        pickers = available_pickers()
         raise InputError("--method", f"must be one of {', '.join(sorted(pickers))}, not {method!r}")
-    picker_class = pickers[method]
     if fmt not in FORMATS or fmt == "cryoppp":
         raise InputError("--format", f"unknown coordinate format {fmt!r}")
     templates = params.templates
@@ -257,6 +259,7 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
     tmpl_px = 0.0
     if "templates" in picker_class.needs:
         from cryoset.io.mrc import read_stack
+        from cryoset.picking.template import check_templates
 
         if templates is None:
             raise InputError("--templates", f"--method {method} needs --templates")
@@ -266,6 +269,11 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
     import_dir = params.import_dir
     if "picks" in picker_class.needs and import_dir is None:
         raise InputError("--import-dir", f"--method {method} needs --import-dir")
+    featurizer: Any = None
+    featurizer_px: int | None = None
+    ckpt: Path | None = None
+    if "featurizer" in picker_class.needs:
+        featurizer, featurizer_px, ckpt = window_featurizer(params.checkpoint, dark=not params.light_particles)
     inspection = InspectionSettings(min_ncc=params.min_ncc, min_power=params.min_power,
                                     max_power=params.max_power,
                                     max_ctf_resolution_a=params.max_ctf_resolution_a)
@@ -280,8 +288,10 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
               "min_power": params.min_power, "max_power": params.max_power, "dark_particles": dark,
               "format": fmt}
     record.update({"max_ctf_resolution_a": params.max_ctf_resolution_a, "mask_dir": params.mask_dir})
+    if ckpt is not None:
+        record["checkpoint"] = str(ckpt)
     prov = make_provenance("pick", record, [*micrographs, *([templates] if templates else []),
-                                            *([ctf] if ctf else [])])
+                                            *([ctf] if ctf else []), *([ckpt] if ckpt else [])])
     rejected_all: list[pd.DataFrame] = []
     scored: list[pd.DataFrame] = []
     heights: dict[str, int] = {}
@@ -305,7 +315,8 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
                 picker = picker_class.from_inputs(PickerInputs(
                     diameter_a, px, threshold=threshold, min_distance_fraction=params.min_distance_fraction,
                     dark_particles=dark, templates=tmpl, template_pixel_size_a=tmpl_px or px,
-                    template_source=templates or "templates", picks=imp))
+                    template_source=templates or "templates", picks=imp, featurizer=featurizer,
+                    featurizer_input_px=featurizer_px))
                 df = picker.pick(image, px, micrograph=name)
                 df["micrograph_pixel_size_a"] = px
                 masks = None
@@ -327,6 +338,28 @@ def run_pick(micrographs: list[Path], out: Path, params: PickParams, *, progress
         write_provenance(staged / "false_positives.csv", prov)
         write_provenance(staged, prov)
     return PickOutcome(out, summary)
+
+
+def window_featurizer(checkpoint: Path | None, *, dark: bool = True) -> tuple[Any, int, Path]:
+    """``(featurize, input size, checkpoint)`` for ``--method features``: micrograph windows
+    ``(B, w, w)`` → ViT features ``[CLS, patch mean]`` ``(B, 2D)``, the windows normalised as
+    :func:`cryoset.workflows.featuremap.prepare_windows` does (contrast inverted when ``dark``).
+    The model is loaded once; ``checkpoint`` None is the shipped one."""
+    import torch
+
+    from cryoset.learn.vit_weights import load_vit, resolve_vit_checkpoint
+    from cryoset.workflows.featuremap import prepare_windows
+
+    path = resolve_vit_checkpoint(checkpoint)
+    model, meta = load_vit(path)
+    model = model.eval()
+    norm, size = meta["normalization"], int(meta["input_size"])
+
+    def featurize(windows: Any) -> Any:
+        with torch.inference_mode():
+            return model.features(prepare_windows(windows, norm, size, invert=dark), "both").float().numpy()
+
+    return featurize, size, path
 
 
 def _write_scores(path: Path, frames: list[pd.DataFrame]) -> None:
@@ -394,7 +427,6 @@ def run_extract(micrographs: list[Path], picks: Path, out: Path, params: Extract
     InputError
         Bad parameters or inputs; nothing is written.
     """
-    from cryoset.ctf.patches import add_local_defocus
     from cryoset.io.atomic import staged_directory
     from cryoset.io.mrc import write_stack
     from cryoset.io.particles import PathStyle, relion_path, write_particles
@@ -446,6 +478,8 @@ def run_extract(micrographs: list[Path], picks: Path, out: Path, params: Extract
                 if local is not None:
                     mine = {k: v for k, v in local.items() if micrograph_key(k) == key}
                     if mine:
+                        from cryoset.ctf.patches import add_local_defocus  # scipy: only when used
+
                         df = add_local_defocus(df, mine)
                 b = box if box is not None else box_size_for_diameter(float(diameter_a or 0) / px)
                 if b > min(image.shape):
