@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("report", "datasets", "learn"),  # 4 figures, published datasets, models
     ("workflows",),  # 5 paths in, files out
     ("pipeline", "_compile"),  # 6 builds and the demo; numba warm-up at install (all kernels)
-    ("cli", "__main__"),  # 7 the command line
+    ("cli", "view", "__main__"),  # 7 the command line; cryoset view's web app (issue #21)
 )  # fmt: skip
 
 #: The one allowed upward import: the demo drives the command line as a user would, via

@@ -964,6 +964,17 @@ def cells() -> list[Cell]:
         lambda i, t, p: ["probe-corpus", "-o", _blocked(t), "--procedural-chains", "1",
                          "--particles-per-experiment", "4"], "blocker")
 
+    # --- view PROJECT_DIR (issue #21): the folder is checked before the server starts
+    def view(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["view", p, *extra]
+
+    add("view", "empty", lambda i, t: _mkdir(t / "emptyproject"), view())
+    add("view", "truncated", _file("proj/picks/provenance.json", '{"command": "pick", "inp'),
+        lambda i, t, p: ["view", t / "proj"])
+    add("view", "wrong-format", png("project.png"), view())
+    add("view", "missing", _missing("noproject"), view())
+    add("view", "negative", lambda i, t: _mkdir(t / "proj2"), view("--port", "-5"), "--port")
+
     return out
 
 
@@ -1016,6 +1027,8 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("datasets import", "nan"): "cryoPANDA images are uint8 (no NaN); CryoPPP stacks are read by the "
                                 "strict MRC reader (the store add cells)",
     ("fetch record", "missing"): "a missing --out list is created (that is not an error)",
+    ("view", "nan"): "reads the project's tables through the pick/classify readers (their nan cells)",
+    ("view", "output-under-file"): "writes only inside PROJECT_DIR, its subject (no output path)",
 }
 for _cmd in ("simulate protein", "store create", "fetch empiar", "fetch emdb", "fetch pdb",
              "datasets download"):

@@ -62,12 +62,14 @@ WRITES_ELSEWHERE = {
     "fetch empiar": "downloads go to the cache (--cache)",
     "fetch emdb": "downloads go to the cache (--cache)",
     "fetch pdb": "downloads go to the cache (--cache)",
+    "view": "a web app: its decisions go into PROJECT_DIR, its subject (docs/view.md)",
 }
 #: Commands whose only output is a confirmation line (no numbers to report).
 NO_NUMBERS = {
     "demo": "the numbers go to OUT/demo.json and OUT/report.html",
     "store create": "prints the store path",
     "map subgrids": "prints the output path",
+    "view": "a web server: it prints its address",
 }
 
 #: Spellings that no command may use: the renamed ones, and unit-less names of quantities.

@@ -377,3 +377,19 @@ def test_unknown_section_and_missing_store(store_path: Path, tmp_path: Path, run
     (tmp_path / "y.yaml").write_text(yaml.safe_dump({**_mapping(store_path), "data": [str(tmp_path / "none")]}))
     code, _, err = run_cli("train", "ssl", tmp_path / "y.yaml", "-o", tmp_path / "out2")
     assert code == 2 and "no such particle store" in err
+
+
+def test_crops_of_resized_images_stay_inside_them() -> None:
+    """Boxes are drawn in the pixels of the images they cut: parameters drawn for 64 px particles
+    applied to the same particles resized to 48 px would sample outside them (border streaks)."""
+    settings = CropSettings(global_size=32, local_size=16, n_local=2)
+    rng = particle_rng(0, 0, 0, 0)
+    params = [draw_params(settings, rng, 64, 64) for _ in range(4)]
+    with pytest.raises(ValueError, match="outside the 48 × 48 images"):
+        make_crops(torch.zeros(4, 1, 48, 48), params, settings)
+    # a uniform image gives uniform crops when the boxes are inside it (no padding streaks)
+    params = [draw_params(settings, particle_rng(0, 0, 0, i), 48, 48) for i in range(4)]
+    batch = make_crops(torch.ones(4, 1, 48, 48), [dict(p, crops=[dict(c, jitter=False, blur=False)
+                                                                   for c in p["crops"]]) for p in params],
+                       settings)
+    assert torch.allclose(batch.global_crops, torch.ones_like(batch.global_crops), atol=1e-5)

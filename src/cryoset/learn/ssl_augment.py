@@ -321,6 +321,11 @@ def make_crops(images: torch.Tensor, params: Sequence[dict[str, Any]], settings:
     b, _, height, width = images.shape
     if len(params) != b:
         raise ValueError(f"{len(params)} parameter sets for {b} images")
+    for p in params:
+        for top, left, h, w in (c["box"] for c in p["crops"]):
+            if top < 0 or left < 0 or top + h > height or left + w > width:
+                raise ValueError(f"crop box (top {top}, left {left}, {h} × {w}) is outside the {height} × {width} "
+                                 "images: draw the parameters for the images' own size")
     x = images.float()
     if settings.normalization == "uint8":
         x = x / 255.0

@@ -811,10 +811,11 @@ def train_ssl(
             values = sched.at(it)
             data_pass, store_i, images, rows = data.batch(it)
             b = images.shape[0]
-            params = [draw_params(crops, particle_rng(run.seed, data_pass, store_i, int(r)), *images.shape[-2:])
-                      for r in rows]
             if run.input_size and images.shape[-1] != run.input_size:
                 images = _resize(images, run.input_size)
+            # crop boxes in the pixels of the images they cut (after the resize)
+            params = [draw_params(crops, particle_rng(run.seed, data_pass, store_i, int(r)), *images.shape[-2:])
+                      for r in rows]
             batch = make_crops(images.to(dev), params, crops)
             masks = batch.masks.reshape(2 * b, -1)
             mask_index = masks.flatten().nonzero().squeeze(1)

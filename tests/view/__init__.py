@@ -1,0 +1,1 @@
+"""Tests of ``cryoset view`` (issue #21)."""
