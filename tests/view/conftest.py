@@ -46,3 +46,24 @@ def project(project_template: Path, tmp_path: Path) -> Path:
     shutil.copytree(project_template, dest, ignore=shutil.ignore_patterns("sim"))
     (dest / "sim").symlink_to(project_template / "sim")
     return dest
+
+
+#: The store classification's query: a subset, in reverse order (the view must map rows back exactly).
+STORE_QUERY = "SELECT * FROM particles WHERE particle_index % 5 <> 3 ORDER BY particle_index DESC"
+
+
+@pytest.fixture
+def store_project(project: Path) -> Path:
+    """The tiny project with its particles in a store (``store/``) and the classes made from it
+    (``classify2d --store --query``; the default junk rule recovers one particle of class 3)."""
+    from cryoset.cli.main import main
+
+    shutil.rmtree(project / "classes")
+    st = project / "store"
+    assert main(["store", "create", str(st), "--encoding", "float16"]) == 0
+    assert main(["store", "add", str(st), "--experiment", "demo",
+                 "--star", str(project / "particles" / "particles.star")]) == 0
+    assert main(["classify2d", "--store", str(st), "--query", STORE_QUERY, "--n-classes", "3", "--n-iter", "2",
+                 "--box-px", "32", "--diameter-a", str(DIAMETER_A), "--seed", "7",
+                 "--out", str(project / "classes")]) == 0
+    return project

@@ -286,3 +286,111 @@ def test_png_micrographs_keep_their_pixel_size_across_applies(project_template: 
     assert main(["pick", str(mic), "--pixel-size-a", "1.5", "--diameter-a", str(DIAMETER_A), "--method",
                  "import", "--import-dir", str(cand), "--min-ncc", "0.02", "--out", str(other)]) == 0
     assert _files(project / "picks") == _files(other)
+
+
+def _store_flags(project: Path) -> pd.DataFrame:
+    """``cryoset query`` of the store's ``selection`` view joined to the particles' positions."""
+    from cryoset.cli.main import main
+
+    out = project / "flags.parquet"
+    sql = ("SELECT p.micrograph, p.x_px, p.y_px, s.kept FROM particles p "
+           "JOIN selection s USING (experiment_id, particle_index)")
+    assert main(["query", sql, "--store", str(project / "store"), "--out", str(out)]) == 0
+    return pd.read_parquet(out)
+
+
+def _by_position(table: pd.DataFrame) -> pd.Series:
+    return pd.Series([str(m) for m in table["micrograph"]], index=pd.MultiIndex.from_arrays(
+        [[str(m) for m in table["micrograph"]]]
+        + [np.round(table[c].to_numpy(np.float32).astype(np.float64), 2) for c in ("x_px", "y_px")]))
+
+
+def test_store_classification_selection_sets_the_store_kept_flags(store_project: Path) -> None:
+    from cryoset.io.particles import read_particles
+    from cryoset.store import ParticleStore
+
+    d = store_project / "classes"
+    c = _client(store_project)
+    original = _content(d / "particles_kept.star")
+    table = read_particles(d / "particles.star").table
+    cl = c.get("/api/classes").json()
+    assert cl["store"] == str((store_project / "store").resolve())
+    assert not (store_project / "store" / "selection.parquet").exists()
+    # the junk rule's own choice: classify2d's kept STAR unchanged, the store flags = its rlnCryosetKept
+    r = c.post("/api/classes/selection", json={"keep": [k["class_number"] for k in cl["classes"] if k["keep"]],
+                                               "keep_recovered": True, "version": cl["version"]})
+    assert r.status_code == 200, r.text
+    assert _content(d / "particles_kept.star") == original
+    # reject class 1 (good by the rule)
+    r = c.post("/api/classes/selection", json={"keep": [2], "keep_recovered": True, "version": r.json()["version"]})
+    assert r.status_code == 200, r.text
+    table = read_particles(d / "particles.star").table
+    expected = (table["class_number"] == 2) | (table["rlnCryosetRecovered"] == 1)
+    assert (table["rlnCryosetKept"] == 1).tolist() == expected.tolist()
+    kept = read_particles(d / "particles_kept.star").table
+    pd.testing.assert_frame_equal(kept, table[expected].reset_index(drop=True))
+    flags = _store_flags(store_project)
+    store = ParticleStore.open(store_project / "store")
+    assert len(flags) == len(table) < store.num_particles("demo")  # the query's subset only
+    # every particle of the classification: its store flag is its kept flag (matched by position)
+    want = pd.Series(expected.to_numpy(), index=_by_position(table).index)
+    got = pd.Series(flags["kept"].to_numpy(), index=_by_position(flags).index)
+    pd.testing.assert_series_equal(got.sort_index(), want.sort_index(), check_names=False)
+    rejected = flags.loc[~flags["kept"].to_numpy()]
+    assert len(rejected) == int((~expected).sum()) > int((table["class_number"] == 3).sum())  # class 1 went too
+    # reload: the saved state
+    again = c.get("/api/classes").json()
+    assert [k["keep"] for k in again["classes"]] == [False, True, False]
+    assert again["kept"] == int(expected.sum())
+    prov = json.loads(pq_metadata(store_project / "store" / "selection.parquet"))
+    assert prov["command"] == "view select classes" and prov["parameters"]["keep"] == [2]
+
+
+def pq_metadata(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path).metadata[b"cryoset_provenance"].decode()
+
+
+def test_recovery_view_accepts_or_drops_recovery_per_class(store_project: Path) -> None:
+    from cryoset.io.particles import read_particles
+
+    d = store_project / "classes"
+    c = _client(store_project)
+    table = read_particles(d / "particles.star").table
+    recovered = table[table["rlnCryosetRecovered"] == 1]
+    assert len(recovered) > 0
+    rv = c.get("/api/recovery").json()
+    assert rv["recovered"] == len(recovered)
+    assert [g["class_number"] for g in rv["classes"]] == sorted(set(recovered["class_number"]))
+    verdicts = dict(zip(*(pd.read_csv(d / "classes.csv")[k] for k in ("class_number", "verdict")), strict=True))
+    for g in rv["classes"]:
+        mine = recovered[recovered["class_number"] == g["class_number"]]
+        assert g["verdict"] == verdicts[g["class_number"]] != "good" and g["accepted"]
+        assert [p["row"] for p in g["particles"]] == mine.index.tolist()
+        assert [p["ess"] for p in g["particles"]] == pytest.approx(mine["rlnCryosetPoseEss"].tolist())
+        assert [p["max_prob"] for p in g["particles"]] == pytest.approx(mine["max_prob"].tolist())
+        assert all(p["kept"] for p in g["particles"])
+        assert c.get(f"/api/classes/{g['class_number']}/image.png").content[:4] == b"\x89PNG"
+    # drop the recovery of the first class: its recovered particles leave the kept STAR (and the store)
+    j = rv["classes"][0]["class_number"]
+    rest = [g["class_number"] for g in rv["classes"][1:]]
+    r = c.post("/api/classes/selection", json={"keep": rv["keep"], "recovered_classes": rest,
+                                               "version": rv["version"]})
+    assert r.status_code == 200, r.text
+    table = read_particles(d / "particles.star").table
+    good = table["class_number"].isin(rv["keep"])
+    expected = good | ((table["rlnCryosetRecovered"] == 1) & table["class_number"].isin(rest))
+    assert (table["rlnCryosetKept"] == 1).tolist() == expected.tolist()
+    # the same writer as a class choice that keeps no recovered particle of class j
+    pd.testing.assert_frame_equal(read_particles(d / "particles_kept.star").table,
+                                  table[expected].reset_index(drop=True))
+    flags = _store_flags(store_project)
+    assert int(flags["kept"].sum()) == int(expected.sum())
+    again = c.get("/api/recovery").json()
+    assert again["recovered_classes"] == rest
+    assert [g["accepted"] for g in again["classes"]] == [g["class_number"] != j for g in again["classes"]]
+    assert not any(p["kept"] for p in again["classes"][0]["particles"])
+    bad = c.post("/api/classes/selection", json={"keep": rv["keep"], "recovered_classes": [True],
+                                                 "version": again["version"]})
+    assert bad.status_code == 400 and "'recovered_classes'" in bad.json()["error"]

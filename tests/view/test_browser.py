@@ -245,3 +245,30 @@ def test_a_stale_tab_gets_a_clear_message(project: Path, server: str, browser: A
     picks = read_coords(project / "picks" / "micrograph_0000.star")
     assert (((picks["x_px"] - 40).abs() < 3) & ((picks["y_px"] - 470).abs() < 3)).sum() == 1
     assert not (((picks["x_px"] - 470).abs() < 3) & ((picks["y_px"] - 40).abs() < 3)).any()
+
+
+def test_recovery_tab_drops_a_class_recovery(store_project: Path, server: str, browser: Any) -> None:
+    """The recovery tab of a store-based classification: drop the recovery of the one class
+    the pass took particles from, save; the kept STAR and the store's flags lose them."""
+    from cryoset.io.particles import read_particles
+    from cryoset.store import ParticleStore
+
+    d = browser
+    d.get(server + "/")
+    d.find_element("css selector", "button[data-tab=recovery]").click()
+    _wait(d, lambda d: len(d.find_elements("css selector", ".recgroup")) == 1)
+    group = d.find_element("css selector", ".recgroup")
+    j = int(group.get_attribute("data-j"))
+    assert "accepted" in group.find_element("css selector", ".card").text
+    group.find_element("css selector", ".card").click()
+    _wait(d, lambda d: "dropped" in d.find_element("css selector", ".recgroup .card").text)
+    d.find_element("id", "saverecovery").click()
+    _wait(d, lambda d: _text(d, "msg").startswith("selection saved"))
+    _shot(d, "recovery")
+    table = read_particles(store_project / "classes" / "particles.star").table
+    recovered = (table["rlnCryosetRecovered"] == 1) & (table["class_number"] == j)
+    assert recovered.any() and not (table.loc[recovered, "rlnCryosetKept"] == 1).any()
+    kept = read_particles(store_project / "classes" / "particles_kept.star").table
+    assert len(kept) == int((table["rlnCryosetKept"] == 1).sum())
+    flags = ParticleStore.open(store_project / "store").query("SELECT kept FROM selection")
+    assert int(flags["kept"].sum()) == len(kept) and len(flags) == len(table)

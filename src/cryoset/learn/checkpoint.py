@@ -9,12 +9,17 @@ needs. A *training checkpoint* is a folder ``epoch_NNNN/`` (written atomically) 
 * ``state.json`` — epoch, global step, optimizer ``param_groups``, the training settings,
   metrics so far and the random-number state that is not derived from the seed.
 
+Beside the checkpoints a training run keeps ``metrics.csv``, one row per epoch
+(:func:`write_metrics_csv`).
+
 Nothing is ever read with ``pickle``; a file that is not safetensors is refused with one
 :class:`~cryoset.errors.InputError` line.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -27,13 +32,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import atomic_directory, atomic_path
+from cryoset.io.atomic import atomic_directory, atomic_path, write_text_atomic
 
 __all__ = [
     "latest_checkpoint",
     "load_optimizer_state",
     "read_weights",
     "save_training_checkpoint",
+    "write_metrics_csv",
     "write_weights",
 ]
 
@@ -156,3 +162,15 @@ def load_optimizer_state(folder: str | os.PathLike[str], optimizer: torch.optim.
     except (ValueError, KeyError) as exc:
         raise InputError(d, f"the optimizer state does not fit this model ({exc})") from None
     return dict(body)
+
+
+def write_metrics_csv(out_dir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    """Write ``out_dir/metrics.csv`` atomically: one row per epoch, the columns in order of first appearance."""
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r if k not in names]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(Path(out_dir) / "metrics.csv", buf.getvalue())

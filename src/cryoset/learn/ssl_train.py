@@ -47,8 +47,6 @@ teacher backbone (:func:`cryoset.learn.vit_weights.save_vit`, readable by ``load
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import os
@@ -66,13 +64,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import write_text_atomic
 from cryoset.learn.checkpoint import (
     latest_checkpoint,
     load_optimizer_state,
     read_weights,
     save_training_checkpoint,
+    write_metrics_csv,
 )
+from cryoset.learn.ddp import training_process
 from cryoset.learn.ssl_augment import (
     CropSettings,
     draw_params,
@@ -651,26 +650,9 @@ def _prepare_probe(images: torch.Tensor, crops: CropSettings) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _step_seed(seed: int, it: int, rank: int) -> int:
     words = np.random.SeedSequence([seed, it, rank, 13]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
-
-
-def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    names: list[str] = []
-    for r in rows:
-        names += [k for k in r if k not in names]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=names)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(out / "metrics.csv", buf.getvalue())
 
 
 @torch.no_grad()
@@ -740,12 +722,7 @@ def train_ssl(
         ``images_per_s`` (particles per second over this call's steps).
     """
     out = Path(out_dir)
-    rank, world = _distributed()
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
+    rank, world, dev = training_process(device)
     opt_cfg, run, crops = config.optim, config.train, config.crops
     n_shards = run.data_shards or world
     if n_shards % world:
@@ -881,7 +858,7 @@ def train_ssl(
                                                                  steps_per_epoch}, provenance=provenance)
             _prune_checkpoints(out / "checkpoints", run.keep_checkpoints)
             _save_model(out, teacher, config, epoch, provenance)
-            _write_metrics(out, history)
+            write_metrics_csv(out, history)
             if on_epoch is not None:
                 on_epoch(history)
             if log is not None:

@@ -23,8 +23,6 @@ of the 20³ cores) per head, training and validation.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -41,14 +39,15 @@ from numpy.typing import NDArray
 from torch import nn
 
 from cryoset.errors import InputError
-from cryoset.io.atomic import write_text_atomic
 from cryoset.learn.checkpoint import (
     latest_checkpoint,
     load_optimizer_state,
     read_weights,
     save_training_checkpoint,
+    write_metrics_csv,
     write_weights,
 )
+from cryoset.learn.ddp import training_process
 from cryoset.learn.voxelnet import HEADS, VoxelNetConfig, build_voxel_net, settings_from_mapping
 
 __all__ = [
@@ -299,12 +298,6 @@ def _lr_at(step: int, total: int, settings: TrainVoxelSettings) -> float:
     return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _core(t: torch.Tensor, overlap: int) -> torch.Tensor:
     b = t.shape[-1]
     return t[..., overlap:b - overlap, overlap:b - overlap, overlap:b - overlap]
@@ -372,17 +365,6 @@ def _ca_counts(prob: torch.Tensor, truth: torch.Tensor, overlap: int) -> NDArray
     return out
 
 
-def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    names: list[str] = []
-    for r in rows:
-        names += [k for k in r if k not in names]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=names)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(out / "metrics.csv", buf.getvalue())
-
-
 def train_voxel(
     data: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -425,12 +407,7 @@ def train_voxel(
         ``subgrids_per_s``.
     """
     out = Path(out_dir)
-    rank, world = _distributed()
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
+    rank, world, dev = training_process(device)
     heads = list(model_config.heads)
     if settings.batch_size % world:
         raise InputError("batch_size", f"{settings.batch_size} is not divisible by {world} processes")
@@ -533,7 +510,7 @@ def train_voxel(
                 best = vloss
                 write_weights(out / "best.safetensors", state, kind=KIND, config=final_cfg,
                               provenance=provenance)
-            _write_metrics(out, history)
+            write_metrics_csv(out, history)
             if on_epoch is not None:
                 on_epoch(history)
             if log is not None:

@@ -44,6 +44,7 @@ from cryoset.errors import InputError
 from cryoset.io.atomic import (
     DestinationExists,
     atomic_directory,
+    atomic_path,
     exclusive_lock,
     remove_stale_parts,
     write_text_atomic,
@@ -165,6 +166,8 @@ class Selection:
 #: Chunk codecs a store can be created with (measured in docs/benchmarks.md, store section).
 CODECS = ("blosc-zstd-3-bitshuffle", "zstd-9", "none")
 DEFAULT_CODEC = "blosc-zstd-3-bitshuffle"
+#: The store's kept flags (:meth:`ParticleStore.write_selection`), queried as the ``selection`` view.
+SELECTION_FILE = "selection.parquet"
 
 
 def _compressors(codec: str) -> list[Any]:
@@ -635,19 +638,85 @@ class ParticleStore:
         """Decoded float32 images ``(k, y, x)`` for particle indices of one experiment."""
         return decode(*self.read_stored(experiment_id, indices))
 
+    # ----------------------------------------------------------------- selection
+    @property
+    def selection_path(self) -> Path:
+        """``STORE/selection.parquet``: the kept flags written by :meth:`write_selection`."""
+        return self.root / SELECTION_FILE
+
+    def read_selection(self) -> pd.DataFrame:
+        """The kept flags (``experiment_id``, ``particle_index``, ``kept``), sorted; empty when none were written."""
+        if not self.selection_path.is_file():
+            return pd.DataFrame({"experiment_id": pd.Series([], dtype=object),
+                                 "particle_index": pd.Series([], dtype=np.int64),
+                                 "kept": pd.Series([], dtype=bool)})
+        return pq.read_table(self.selection_path).to_pandas()
+
+    def write_selection(self, experiment_ids: Sequence[str], particle_indices: NDArray[Any] | Sequence[int],
+                        kept: NDArray[Any] | Sequence[bool], *, provenance: dict[str, Any] | None = None) -> int:
+        """Set the kept flag of some particles (a curation decision, e.g. a 2D class selection).
+
+        The flags of the particles given replace theirs; every other particle keeps its flag
+        (or has none). The whole of ``STORE/selection.parquet`` is rewritten under a temporary
+        name and renamed into place while the commit lock is held, so a reader sees the old or
+        the new flags, never a mix, and two writers do not lose each other's particles.
+        Queries see it as the ``selection`` view (:meth:`connect`). Experiments are not touched.
+
+        Returns
+        -------
+        int
+            The number of particles now flagged (all experiments).
+
+        Raises
+        ------
+        InputError
+            An unknown experiment, an index outside it, a repeated particle or unequal lengths.
+        """
+        exp = np.asarray([str(e) for e in experiment_ids], dtype=object)
+        idx = np.asarray(particle_indices, dtype=np.int64)
+        flag = np.asarray(kept, dtype=bool)
+        if not len(exp) == len(idx) == len(flag):
+            raise InputError(self.root, f"selection: {len(exp)} experiment ids, {len(idx)} indices, {len(flag)} flags")
+        for e in sorted(set(exp.tolist())):
+            n = self.num_particles(e)
+            mine = idx[exp == e]
+            if mine.size and (mine.min() < 0 or mine.max() >= n):
+                raise InputError(self.root, f"selection: particle index outside experiment {e!r} (0…{n - 1})")
+        new = pd.DataFrame({"experiment_id": exp, "particle_index": idx, "kept": flag})
+        if new.duplicated(["experiment_id", "particle_index"]).any():
+            raise InputError(self.root, "selection: a particle is given twice")
+        with exclusive_lock(self.commit_lock_path):
+            old = self.read_selection()
+            key = pd.MultiIndex.from_frame(new[["experiment_id", "particle_index"]])
+            keep_old = ~pd.MultiIndex.from_frame(old[["experiment_id", "particle_index"]]).isin(key)
+            table = (pd.concat([old[keep_old], new], ignore_index=True)
+                     .sort_values(["experiment_id", "particle_index"], kind="stable").reset_index(drop=True))
+            arrow = pa.table({"experiment_id": pa.array(table["experiment_id"].astype(str), type=pa.string()),
+                              "particle_index": pa.array(table["particle_index"], type=pa.int64()),
+                              "kept": pa.array(table["kept"].astype(bool), type=pa.bool_())})
+            arrow = arrow.replace_schema_metadata(
+                {b"cryoset_provenance": json.dumps(provenance or {}, default=str).encode()})
+            with atomic_path(self.selection_path) as tmp:
+                pq.write_table(arrow, tmp, compression="zstd")
+        return len(table)
+
     # ------------------------------------------------------------------- queries
     def parquet_files(self) -> list[Path]:
         return [self.root / "experiments" / e / "annotations.parquet" for e in self.experiments()]
 
     def connect(self) -> Any:
-        """A read-only DuckDB connection with a ``particles`` view over every committed experiment.
+        """A read-only DuckDB connection with a ``particles`` view over every committed experiment
+        (and a ``selection`` view of the kept flags once :meth:`write_selection` wrote some).
 
         It can read the store's Parquet files and nothing else (no other file, URL,
         database or extension; configuration locked): see :mod:`cryoset.store.sql`.
         """
         from cryoset.store.sql import read_only_connection
 
-        return read_only_connection(self.parquet_files(), extra_views=self.embedding_views())
+        views: dict[str, list[Path]] = dict(self.embedding_views())
+        if self.selection_path.is_file():
+            views["selection"] = [self.selection_path]
+        return read_only_connection(self.parquet_files(), extra_views=views)
 
     def embedding_views(self) -> dict[str, list[Path]]:
         """``embeddings_<name>`` → the ``index.parquet`` files of every committed embedding

@@ -100,6 +100,9 @@ def create_app(project_dir: Path | Project) -> Starlette:
     async def class_image(request: Request) -> Response:
         return Response(project.class_image(int(request.path_params["j"])), media_type="image/png")
 
+    async def recovery(request: Request) -> Response:
+        return JSONResponse(project.recovery())
+
     async def select(request: Request) -> Response:
         return JSONResponse(project.select_classes(await _body(request)))
 
@@ -135,6 +138,7 @@ def create_app(project_dir: Path | Project) -> Starlette:
         Route("/api/classes", classes, methods=["GET"]),
         Route("/api/classes/{j:int}/image.png", class_image),
         Route("/api/classes/selection", select, methods=["POST"]),
+        Route("/api/recovery", recovery, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, exception_handlers={

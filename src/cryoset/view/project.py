@@ -12,7 +12,10 @@ CTF fits (``cryoset demo`` and ``cryoset build`` lay them out as ``picks/``, ``c
   project's scored picks, hand edits included): the files are those ``cryoset pick --method
   import --import-dir CANDIDATES --min-ncc … --out picks`` writes;
 * a class selection rewrites ``particles.star`` (``rlnCryosetKept``), ``particles_kept.star``
-  and ``particles_selected.csv`` with the writers :mod:`cryoset.workflows.classify2d` uses.
+  and ``particles_selected.csv`` with the writers :mod:`cryoset.workflows.classify2d` uses
+  (classes kept, and per class of origin whether its recovered particles are kept), and for a
+  ``classify2d --store`` run the store's kept flags
+  (:meth:`cryoset.store.ParticleStore.write_selection`, the ``selection`` view).
 
 Each write is recorded (user, UTC time, action, parameters) in ``.cryoset-view/log.jsonl``
 and, for classes, in ``class_selection.json`` with a provenance record. The rendered images
@@ -27,7 +30,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -481,9 +484,58 @@ class Project:
         recovered = (int(pd.to_numeric(table[L.CRYOSET_RECOVERED]).sum())
                      if L.CRYOSET_RECOVERED in table else 0)
         kept = int(pd.to_numeric(table[L.CRYOSET_KEPT]).sum()) if L.CRYOSET_KEPT in table else 0
+        store = self.classes_store()
         return {"classes": out, "particles": len(table), "kept": kept, "recovered": recovered,
-                "keep_recovered": selection["keep_recovered"], "version": _version(d / "particles_kept.star"),
-                "selected_by": selection.get("by")}
+                "keep_recovered": selection["keep_recovered"], "recovered_classes": selection["recovered_classes"],
+                "version": _version(d / "particles_kept.star"), "selected_by": selection.get("by"),
+                "store": None if store is None else str(store["root"])}
+
+    def classes_store(self) -> dict[str, Any] | None:
+        """The store the classification read (``classify2d --store``: its provenance), or None."""
+        return classes_store(self._classes())
+
+    def recovery(self) -> dict[str, Any]:
+        """The particles the recovery pass took back from junk classes, by the class they came
+        from: their scores (max. probability, ESS, ECA), position and kept flag, and whether the
+        saved selection accepts each class's recovery."""
+        import numpy as np
+        import pandas as pd
+
+        from cryoset.io import relion_labels as L
+        from cryoset.io.particles import read_particles
+
+        d = self._classes()
+        stats = pd.read_csv(d / "classes.csv")
+        verdicts = {int(j): str(v) for j, v in zip(stats["class_number"], stats["verdict"], strict=True)}
+        table = read_particles(d / "particles.star").table
+        selection = self.class_selection()
+        n = len(table)
+        rec = (pd.to_numeric(table[L.CRYOSET_RECOVERED]).to_numpy(np.int64) == 1 if L.CRYOSET_RECOVERED in table
+               else np.zeros(n, bool))
+        kept = (pd.to_numeric(table[L.CRYOSET_KEPT]).to_numpy(np.int64) == 1 if L.CRYOSET_KEPT in table
+                else np.zeros(n, bool))
+        cls = table["class_number"].to_numpy(np.int64)
+
+        def values(*names: str) -> list[float | None]:
+            for name in names:
+                if name in table:
+                    return [_finite(v) for v in table[name]]
+            return [None] * n
+
+        ess, eca, prob = values(L.CRYOSET_POSE_ESS, "ess"), values(L.CRYOSET_CLASS_ECA, "eca"), values("max_prob")
+        xs, ys = values("x_px"), values("y_px")
+        mics = table["micrograph"].astype(str).tolist() if "micrograph" in table else [None] * n
+        groups = []
+        for j in sorted({int(c) for c in cls[rec]}):
+            rows = np.flatnonzero(rec & (cls == j))
+            particles = [{"row": int(i), "micrograph": mics[i], "x_px": xs[i], "y_px": ys[i],
+                          "max_prob": prob[i], "ess": ess[i], "eca": eca[i], "kept": bool(kept[i])} for i in rows]
+            groups.append({"class_number": j, "verdict": verdicts.get(j, ""), "population": int((cls == j).sum()),
+                           "recovered": len(rows), "accepted": j in selection["recovered_classes"],
+                           "particles": particles})
+        return {"classes": groups, "recovered": int(rec.sum()), "keep": selection["keep"],
+                "recovered_classes": selection["recovered_classes"],
+                "version": _version(d / "particles_kept.star")}
 
     def class_selection(self) -> dict[str, Any]:
         """The last selection written by the app, else the junk rule's verdict."""
@@ -491,13 +543,17 @@ class Project:
 
         d = self._classes()
         sel = d / CLASS_SELECTION
+        every = recovered_class_numbers(d)
         if sel.is_file():
             data = json.loads(sel.read_text())
+            given = data.get("recovered_classes")
+            accepted = ([int(k) for k in given] if given is not None
+                        else every if bool(data["keep_recovered"]) else [])
             return {"keep": [int(k) for k in data["keep"]], "keep_recovered": bool(data["keep_recovered"]),
-                    "by": {"user": data.get("user"), "utc": data.get("utc")}}
+                    "recovered_classes": accepted, "by": {"user": data.get("user"), "utc": data.get("utc")}}
         stats = pd.read_csv(d / "classes.csv")
         return {"keep": [int(j) for j, v in zip(stats["class_number"], stats["verdict"], strict=True) if v == "good"],
-                "keep_recovered": True}
+                "keep_recovered": True, "recovered_classes": every}
 
     def class_image(self, j: int) -> bytes:
         import io
@@ -518,14 +574,22 @@ class Project:
         return buf.getvalue()
 
     def select_classes(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Keep the particles of the classes in ``body["keep"]`` (and the recovered ones when
-        ``keep_recovered``): rewrite the classes folder's particle files."""
+        """Keep the particles of the classes in ``body["keep"]`` and the recovered ones of the
+        classes in ``body["recovered_classes"]`` (when given; else every recovered particle when
+        ``keep_recovered``): rewrite the classes folder's particle files (and the store's kept
+        flags when the classification read a store)."""
         keep = body.get("keep")
         if not isinstance(keep, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keep):
             raise RequestError("'keep' must be a list of class numbers")
         keep_recovered = body.get("keep_recovered", True)
         if not isinstance(keep_recovered, bool):
             raise RequestError("'keep_recovered' must be true or false")
+        recovered_classes = body.get("recovered_classes")
+        if recovered_classes is not None and (
+                not isinstance(recovered_classes, list)
+                or not all(isinstance(k, int) and not isinstance(k, bool) for k in recovered_classes)):
+            raise RequestError("'recovered_classes' must be a list of class numbers (those whose recovered "
+                               "particles are kept)")
         version = body.get("version")
         if not isinstance(version, str):
             raise RequestError("'version' (the version of the selection you edited) is required")
@@ -534,8 +598,9 @@ class Project:
             if _version(d / "particles_kept.star") != version:
                 raise Conflict("the class selection changed since you loaded it (another tab or process "
                                "saved it): reload to see the saved selection, then choose again")
-            kept = write_class_selection(d, keep, keep_recovered=keep_recovered)
-            self.log("select classes", {"keep": sorted(keep), "keep_recovered": keep_recovered, "kept": kept})
+            kept = write_class_selection(d, keep, keep_recovered=keep_recovered, recovered_classes=recovered_classes)
+            self.log("select classes", {"keep": sorted(keep), "keep_recovered": keep_recovered,
+                                        "recovered_classes": recovered_classes, "kept": kept})
         return self.classes()
 
     # ------------------------------------------------------------------ log
@@ -606,11 +671,88 @@ def _binned(img: Any, lowpass_a: float) -> Any:
     return small
 
 
-def write_class_selection(classes_dir: Path, keep: list[int], *, keep_recovered: bool = True) -> int:
+def recovered_class_numbers(classes_dir: Path) -> list[int]:
+    """The classes some of whose particles the recovery pass took back (``rlnCryosetRecovered``)."""
+    import numpy as np
+
+    from cryoset.io import relion_labels as L
+    from cryoset.io.particles import read_particles
+
+    table = read_particles(classes_dir / "particles.star").table
+    if L.CRYOSET_RECOVERED not in table or not len(table):
+        return []
+    rec = table[L.CRYOSET_RECOVERED].to_numpy(np.int64) == 1
+    return sorted({int(j) for j in table["class_number"].to_numpy(np.int64)[rec]})
+
+
+def classes_store(classes_dir: Path) -> dict[str, Any] | None:
+    """``root`` and ``query`` of the store a ``classify2d --store`` run read (found in its
+    provenance: the input ``store.json``), or None for a classification of a STAR file."""
+    record = json.loads((classes_dir / "provenance.json").read_text())
+    for item in record.get("inputs", []):
+        p = Path(str(item.get("path", "")))
+        if p.name == "store.json":
+            return {"root": p.parent, "query": (record.get("parameters") or {}).get("query")}
+    return None
+
+
+def store_rows(classes_dir: Path, table: Any) -> tuple[Any, Any, Any] | None:
+    """The store, and the (experiment id, particle index) of each row of a store-based
+    classification's ``particles.star`` (None for a classification of a STAR file).
+
+    ``classify2d --store`` writes its rows in the order
+    :func:`cryoset.workflows.particle_images.load_store` reads them (the query's
+    :meth:`~cryoset.store.Selection.groups`). The recorded query is run again and checked
+    against the STAR (count, micrograph, coordinates), so a store changed since is refused
+    (:class:`~cryoset.errors.InputError`) rather than flagged wrongly.
+    """
+    import numpy as np
+
+    from cryoset.store.dataset import ParticleStore
+
+    found = classes_store(classes_dir)
+    if found is None:
+        return None
+    root = Path(found["root"])
+    if not (root / "store.json").is_file():
+        raise InputError(root, "the store the classification read is gone: its kept flags cannot be written")
+    store = ParticleStore.open(root)
+    exps: list[Any] = []
+    idxs: list[Any] = []
+    for exp, idx in store.select(found["query"]).groups():
+        exps.append(np.full(len(idx), exp, dtype=object))
+        idxs.append(np.asarray(idx, dtype=np.int64))
+    exp_ids = np.concatenate(exps) if exps else np.empty(0, object)
+    indices = np.concatenate(idxs) if idxs else np.empty(0, np.int64)
+    stale = len(indices) != len(table)
+    if not stale:
+        for e in sorted(set(exp_ids.tolist())):
+            rows = np.flatnonzero(exp_ids == e)
+            mine = store.annotations(e).set_index("particle_index").loc[indices[rows]]
+            for column in ("x_px", "y_px"):
+                if column in mine and column in table and not np.allclose(
+                        mine[column].to_numpy(np.float64), table[column].to_numpy(np.float64)[rows], equal_nan=True):
+                    stale = True
+            if "micrograph" in mine and "micrograph" in table and not np.array_equal(
+                    mine["micrograph"].astype(str).to_numpy(), table["micrograph"].astype(str).to_numpy()[rows]):
+                stale = True
+    if stale:
+        raise InputError(root, "its particles no longer match the classification's particles.star (the store "
+                         "changed since classify2d ran): its kept flags cannot be written")
+    return store, exp_ids, indices
+
+
+def write_class_selection(classes_dir: Path, keep: list[int], *, keep_recovered: bool = True,
+                          recovered_classes: list[int] | None = None) -> int:
     """Rewrite ``particles.star`` (``rlnCryosetKept``), ``particles_kept.star`` and
     ``particles_selected.csv`` of a ``classify2d`` folder for a hand-made class selection, with
-    the writers ``classify2d`` uses, and record it in :data:`CLASS_SELECTION`. Returns the
-    number of particles kept."""
+    the writers ``classify2d`` uses, and record it in :data:`CLASS_SELECTION`; for a
+    classification of a store (``classify2d --store``) also the store's kept flags of its
+    particles (:meth:`cryoset.store.ParticleStore.write_selection`: the ``selection`` view).
+
+    A recovered particle (``rlnCryosetRecovered``) is kept when its class is in
+    ``recovered_classes`` (when given), else when ``keep_recovered``. Returns the number of
+    particles kept."""
     import numpy as np
 
     from cryoset.io import relion_labels as L
@@ -620,22 +762,38 @@ def write_class_selection(classes_dir: Path, keep: list[int], *, keep_recovered:
     from cryoset.workflows.classify2d import _write_selected_csv, micrograph_heights
 
     star = classes_dir / "particles.star"
-    table = read_particles(star).table
+    source = read_particles(star)  # its optics and column order are written back as read
+    table = source.table
     n_classes = int(table["class_number"].max()) if len(table) else 0
     bad = [k for k in keep if not 1 <= k <= n_classes]
     if bad:
         raise RequestError(f"no class {bad[0]}: the classes are 1…{n_classes}")
+    bad = [k for k in recovered_classes or [] if not 1 <= k <= n_classes]
+    if bad:
+        raise RequestError(f"no class {bad[0]}: the classes are 1…{n_classes}")
+    rows = store_rows(classes_dir, table)  # before anything is written: a stale store refuses the whole save
     cls = table["class_number"].to_numpy(np.int64)
     kept = np.isin(cls, np.asarray(keep, dtype=np.int64))
-    if keep_recovered and L.CRYOSET_RECOVERED in table:
-        kept |= table[L.CRYOSET_RECOVERED].to_numpy(np.int64) == 1
+    if L.CRYOSET_RECOVERED in table:
+        rec = table[L.CRYOSET_RECOVERED].to_numpy(np.int64) == 1
+        if recovered_classes is not None:
+            kept |= rec & np.isin(cls, np.asarray(recovered_classes, dtype=np.int64))
+        elif keep_recovered:
+            kept |= rec
     table[L.CRYOSET_KEPT] = kept.astype(np.int64)
-    record = {"keep": sorted(keep), "keep_recovered": keep_recovered, "user": _user()}
+    record: dict[str, Any] = {"keep": sorted(keep), "keep_recovered": keep_recovered, "user": _user()}
+    if recovered_classes is not None:
+        record["recovered_classes"] = sorted(recovered_classes)
     prov = make_provenance("view select classes", record, [star])
-    write_particles(star, table, provenance=prov)
-    write_particles(classes_dir / "particles_kept.star", table[kept].reset_index(drop=True), provenance=prov)
+    write_particles(star, replace(source, table=table), provenance=prov)
+    write_particles(classes_dir / "particles_kept.star", replace(source, table=table[kept].reset_index(drop=True)),
+                    provenance=prov)
     heights, missing = micrograph_heights(table, star)
     _write_selected_csv(classes_dir, heights, missing, "micrograph" in table.columns, prov)
+    if rows is not None:
+        store, exp_ids, indices = rows
+        store.write_selection(exp_ids, indices, kept, provenance=prov)
+        record["store"] = str(store.root)
     write_text_atomic(classes_dir / CLASS_SELECTION,
                       json.dumps({**record, "utc": _utc(), "kept": int(kept.sum())}, indent=2) + "\n")
     write_provenance(classes_dir / CLASS_SELECTION, prov)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,38 +29,13 @@ import pandas as pd
 
 from cryoset.errors import InputError
 from cryoset.io import relion_labels as L
+from cryoset.workflows.params import Classify2DParams
 
 __all__ = ["SELECTED_CSV", "Classify2DParams", "micrograph_file_height", "micrograph_heights",
            "round_directories", "run_classify2d", "summary_kept"]
 
 #: The kept particles as CryoVirusDB's collective particles CSV, in each round's directory.
 SELECTED_CSV = "particles_selected.csv"
-
-
-@dataclass(frozen=True)
-class Classify2DParams:
-    """Every parameter of 2D classification with its one default (``cryoset classify2d``, ``classify:``)."""
-
-    n_classes: int = 8
-    n_iter: int = 10
-    psi_step_deg: float = 10.0
-    offset_range_px: int = 5
-    offset_recentre: bool = True
-    max_offset_px: float | None = None
-    diameter_a: float | None = None
-    box_px: int = 64
-    tau2_fudge: float = 2.0
-    hard: bool = False
-    ctf: bool = True
-    recover: bool = True
-    min_population: int = 3
-    resolution_factor: float = 2.0
-    power_fraction: float = 0.25
-    max_power_ratio: float = 3.0
-    recover_percentile: float = 10.0
-    seed: int = 0
-    permissive: bool = False
-    rounds: int = 1
 
 
 def _gallery(path: Path, averages: np.ndarray, stats: Any, good: np.ndarray) -> None:
@@ -86,7 +61,6 @@ def _gallery(path: Path, averages: np.ndarray, stats: Any, good: np.ndarray) -> 
                      color="black" if good[j] else "red")
     fig.tight_layout()
     save_figure(fig, path)
-
 
 
 def run_classify2d(particles: Path | None, out: Path, p: Classify2DParams, *, store: Path | None = None,

@@ -36,6 +36,7 @@ from cryoset.ctf.model import CTFParams
 from cryoset.ctf.patches import DefocusSurface, LocalCTF, estimate_patches
 from cryoset.errors import InputError
 from cryoset.io.atomic import atomic_path
+from cryoset.workflows.params import CtfParams
 
 __all__ = [
     "CtfOutcome",
@@ -328,28 +329,6 @@ def finite_or_none(value: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------------ the step
-@dataclass(frozen=True)
-class CtfParams:
-    """Every parameter of the CTF step, with its one default (``cryoset ctf`` and ``ctf:``).
-
-    Field names are the vocabulary's keys (``tile_px`` ↔ ``--tile-px``). Optics left None come
-    from the STAR optics where given, else 300 kV, 2.7 mm, 0.1.
-    """
-
-    pixel_size_a: float | None = None
-    voltage_kv: float | None = None
-    cs_mm: float | None = None
-    amplitude_contrast: float | None = None
-    patches: str | None = None
-    surface: str = "plane"
-    min_resolution_a: float = 30.0
-    max_resolution_a: float = 4.0
-    defocus_min_a: float = 2000.0
-    defocus_max_a: float = 80000.0
-    phase_shift: bool = False
-    tile_px: int = 512
-    plots: bool = True
-    workers: int = 1
 
 
 @dataclass

@@ -27,6 +27,7 @@ import pandas as pd
 from cryoset.errors import InputError
 from cryoset.io.coords import COORDINATE_FORMATS, COORDINATE_SUFFIXES
 from cryoset.io.relion_labels import MICROGRAPH_NAME
+from cryoset.workflows.params import ExtractParams, PickParams
 
 __all__ = [
     "SCORES_FILE",
@@ -183,27 +184,6 @@ def _write_cvdb(path: Path, table: Any, heights: dict[str, int], variant: str) -
 
 
 # ------------------------------------------------------------------------------ pick
-@dataclass(frozen=True)
-class PickParams:
-    """Every parameter of the picking step with its one default (``cryoset pick``, ``pick:``)."""
-
-    diameter_a: float | None = None
-    pixel_size_a: float | None = None
-    method: str = "blob"
-    templates: Path | None = None
-    template_pixel_size_a: float | None = None
-    import_dir: Path | None = None
-    threshold: float | None = None
-    min_distance_fraction: float = 0.5
-    min_ncc: float | None = None
-    min_power: float | None = None
-    max_power: float | None = None
-    mask_dir: Path | None = None
-    ctf: Path | None = None
-    max_ctf_resolution_a: float | None = None
-    light_particles: bool = False
-    format: str = "star"
-    checkpoint: Path | None = None  # the encoder of --method features (None: the shipped one)
 
 
 #: Every pick with its scores and inspection verdict, written by :func:`run_pick` beside the
@@ -376,24 +356,6 @@ def _write_scores(path: Path, frames: list[pd.DataFrame]) -> None:
 
 
 # ------------------------------------------------------------------------------ extract
-@dataclass(frozen=True)
-class ExtractParams:
-    """Every parameter of the extraction step with its one default (``cryoset extract``, ``extract:``)."""
-
-    box_px: int | None = None
-    diameter_a: float | None = None
-    pixel_size_a: float | None = None
-    pixel_size_out_a: float | None = None
-    invert: bool = False
-    norm: bool = True
-    bg_radius_px: float | None = None
-    phase_flip: bool = False
-    ctf: Path | None = None
-    local_defocus: bool = True
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-    image_paths: str = "project"
 
 
 @dataclass

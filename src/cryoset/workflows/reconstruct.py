@@ -10,28 +10,15 @@ field of :class:`ReconstructParams`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cryoset.errors import InputError
+from cryoset.workflows.params import ReconstructParams
 
 __all__ = ["ReconstructParams", "run_reconstruct"]
-
-
-@dataclass(frozen=True)
-class ReconstructParams:
-    """Every parameter of the reconstruction with its one default (``cryoset reconstruct``)."""
-
-    symmetry: str = "C1"
-    snr: float | None = None
-    box_px: int = 0
-    ctf: bool = True
-    gridding_correction: bool = True
-    seed: int = 0
-    permissive: bool = False
 
 
 def _fsc_plot(path: Path, curves: list[tuple[str, Any, float]]) -> None:
@@ -53,7 +40,6 @@ def _fsc_plot(path: Path, curves: list[tuple[str, Any, float]]) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-
 
 
 def run_reconstruct(particles: Path, out: Path, p: ReconstructParams, *, reference: Path | None = None,

@@ -9,7 +9,6 @@ mmCIF with its provenance. Every parameter, with its one default, is a field of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from cryoset.errors import InputError
+from cryoset.workflows.params import TraceParams
 
 __all__ = ["TraceParams", "run_trace"]
-
-
-@dataclass(frozen=True)
-class TraceParams:
-    """Every parameter of tracing with its one default (``cryoset trace``)."""
-
-    threshold: float = 0.5
-    min_distance_a: float = 2.0
-    scale_lambda: float = 10.0
-    jump_penalty: float = 20.0
-    n_best: int = 2
-    bidirectional: bool = True
-    voxel_size_a: float | None = None
-    format: str | None = None
-    chain_ids: str | None = None
 
 
 _MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrc.gz", ".map.gz")

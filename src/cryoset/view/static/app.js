@@ -1,7 +1,7 @@
 // cryoset view: plain JavaScript over the JSON API (no build step, nothing fetched from the internet).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { mics: [], cur: 0, picks: null, insp: null, classes: null, keep: new Set() };
+const state = { mics: [], cur: 0, picks: null, insp: null, classes: null, keep: new Set(), recovery: null, recAccepted: new Set() };
 
 function say(text, ok) { const m = $("msg"); m.textContent = text || ""; m.className = ok ? "ok" : ""; }
 
@@ -23,6 +23,7 @@ for (const b of document.querySelectorAll(".tab")) {
     document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === b));
     document.querySelectorAll(".pane").forEach((p) => p.classList.toggle("active", p.id === "tab-" + b.dataset.tab));
     if (b.dataset.tab === "classes") loadClasses();
+    if (b.dataset.tab === "recovery") loadRecovery();
     if (b.dataset.tab === "inspect") drawInspection();
   };
 }
@@ -226,11 +227,18 @@ async function loadClasses() {
   try { state.classes = await api("/api/classes"); } catch (e) { say(e.message); return; }
   const d = state.classes;
   state.keep = new Set(d.classes.filter((c) => c.keep).map((c) => c.class_number));
-  $("keeprec").checked = d.keep_recovered;
+  state.recAccepted = new Set(d.recovered_classes);
   drawClasses();
+}
+function recoveredClasses() {
+  return state.classes ? state.classes.classes.filter((c) => c.recovered > 0).map((c) => c.class_number)
+    : state.recovery.classes.map((g) => g.class_number);
 }
 function drawClasses() {
   const d = state.classes;
+  const all = recoveredClasses();
+  $("keeprec").checked = all.length > 0 && all.every((j) => state.recAccepted.has(j));
+  $("keeprec").indeterminate = all.some((j) => state.recAccepted.has(j)) && !$("keeprec").checked;
   $("gallery").innerHTML = d.classes.map((c) => `<div class="card ${state.keep.has(c.class_number) ? "" : "reject"}" data-j="${c.class_number}">
     <img src="/api/classes/${c.class_number}/image.png" alt="class ${c.class_number}">
     <b>class ${c.class_number}</b> ${state.keep.has(c.class_number) ? "kept" : "rejected"}<br>
@@ -240,14 +248,52 @@ function drawClasses() {
     if (state.keep.has(j)) state.keep.delete(j); else state.keep.add(j);
     drawClasses();
   };
-  $("classinfo").textContent = `${d.particles} particles, ${d.kept} kept (${d.recovered} recovered from junk classes)` + (d.selected_by ? `; saved by ${d.selected_by.user} at ${d.selected_by.utc}` : "");
+  $("classinfo").textContent = `${d.particles} particles, ${d.kept} kept (${d.recovered} recovered from junk classes)` + (d.selected_by ? `; saved by ${d.selected_by.user} at ${d.selected_by.utc}` : "") + (d.store ? `; kept flags also written to the store ${d.store}` : "");
+}
+$("keeprec").onchange = () => {
+  state.recAccepted = new Set($("keeprec").checked ? recoveredClasses() : []);
+  drawClasses();
+};
+async function saveSelection() {
+  const version = state.classes ? state.classes.version : state.recovery.version;
+  const sorted = (s) => [...s].sort((a, b) => a - b);
+  state.classes = await api("/api/classes/selection", { keep: sorted(state.keep), keep_recovered: state.recAccepted.size > 0, recovered_classes: sorted(state.recAccepted), version });
+  state.recovery = await api("/api/recovery");
+  state.recAccepted = new Set(state.classes.recovered_classes);
+  say(`selection saved: ${state.classes.kept} particles kept`, true);
 }
 $("saveclasses").onclick = async () => {
+  try { await saveSelection(); drawClasses(); } catch (e) { say(e.message); }
+};
+
+// ------------------------------------------------------------------ recovery
+async function loadRecovery() {
   try {
-    state.classes = await api("/api/classes/selection", { keep: [...state.keep].sort((a, b) => a - b), keep_recovered: $("keeprec").checked, version: state.classes.version });
-    drawClasses();
-    say(`selection saved: ${state.classes.kept} particles kept`, true);
-  } catch (e) { say(e.message); }
+    state.recovery = await api("/api/recovery");
+    if (!state.classes) { state.keep = new Set(state.recovery.keep); state.recAccepted = new Set(state.recovery.recovered_classes); }
+  } catch (e) { say(e.message); return; }
+  drawRecovery();
+}
+function drawRecovery() {
+  const r = state.recovery;
+  $("recovery").innerHTML = r.classes.length ? r.classes.map((g) => {
+    const on = state.recAccepted.has(g.class_number);
+    const rows = g.particles.map((p) => `<tr><td>${p.micrograph ?? "–"}</td><td>${fmt(p.x_px, 0)}</td><td>${fmt(p.y_px, 0)}</td><td>${fmt(p.max_prob, 2)}</td><td>${fmt(p.ess, 2)}</td><td>${fmt(p.eca, 2)}</td><td>${p.kept ? "yes" : "no"}</td></tr>`).join("");
+    return `<div class="recgroup ${on ? "" : "reject"}" data-j="${g.class_number}">
+      <div class="card ${on ? "" : "reject"}"><img src="/api/classes/${g.class_number}/image.png" alt="class ${g.class_number}">
+      <b>class ${g.class_number}</b> recovery ${on ? "accepted" : "dropped"}<br>junk rule: ${g.verdict} · n=${g.population}<br>${g.recovered} recovered</div>
+      <table><thead><tr><th>micrograph</th><th>x</th><th>y</th><th>max prob</th><th>ESS</th><th>ECA</th><th>kept (saved)</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+  }).join("") : "<p>the recovery pass took back no particle</p>";
+  for (const el of $("recovery").querySelectorAll(".recgroup .card")) el.onclick = () => {
+    const j = Number(el.parentElement.dataset.j);
+    if (state.recAccepted.has(j)) state.recAccepted.delete(j); else state.recAccepted.add(j);
+    drawRecovery();
+  };
+  const n = r.classes.filter((g) => state.recAccepted.has(g.class_number)).reduce((a, g) => a + g.recovered, 0);
+  $("recinfo").textContent = `${r.recovered} particles recovered from ${r.classes.length} junk class(es); ${n} accepted`;
+}
+$("saverecovery").onclick = async () => {
+  try { await saveSelection(); drawRecovery(); } catch (e) { say(e.message); }
 };
 
 loadMics().then(loadInspection).then(updateCounts).catch((e) => say(e.message));
