@@ -393,3 +393,31 @@ def test_crops_of_resized_images_stay_inside_them() -> None:
                                                                    for c in p["crops"]]) for p in params],
                        settings)
     assert torch.allclose(batch.global_crops, torch.ones_like(batch.global_crops), atol=1e-5)
+
+
+def test_centering_targets_are_the_softmax_of_centred_logits_and_the_centre_is_an_ema() -> None:
+    from cryoset.learn.ssl_losses import centred_softmax, updated_centre
+
+    z = torch.tensor([[2.0, 0.0, 0.0], [2.0, 1.0, 0.0]])
+    centre = torch.tensor([2.0, 0.0, 0.0])
+    q = centred_softmax(z, centre, 0.5)
+    torch.testing.assert_close(q, torch.softmax((z - centre) / 0.5, dim=-1))
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(2))
+    new = updated_centre(centre, z, 0.9)
+    torch.testing.assert_close(new, 0.9 * centre + 0.1 * torch.tensor([2.0, 0.5, 0.0]))
+    # no rows (no masked patch in the batch): the centre stays
+    torch.testing.assert_close(updated_centre(centre, z[:0], 0.9), centre)
+
+
+def test_centering_option_trains_resumes_exactly_and_is_validated(store_path: Path, tmp_path: Path) -> None:
+    cfg = _config(store_path, tmp_path, optim={"epochs": 2, "epoch_length": 2},
+                  dino={"centering": "centering", "center_momentum": 0.8})
+    train_ssl(cfg, tmp_path / "a", device="cpu")
+    train_ssl(cfg, tmp_path / "b", device="cpu", stop_after_epoch=0)
+    train_ssl(cfg, tmp_path / "b", device="cpu")
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "epoch_0001" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "epoch_0001" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "centre.dino" in a and float(a["centre.dino"].abs().sum()) > 0  # the EMA moved off zero
+    with pytest.raises(InputError, match="centering"):
+        _config(store_path, tmp_path, dino={"centering": "mean"})

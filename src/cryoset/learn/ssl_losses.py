@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["dino_loss", "ibot_loss", "koleo_loss", "koleo_loss_grouped", "sinkhorn_knopp"]
+__all__ = ["centred_softmax", "dino_loss", "ibot_loss", "koleo_loss", "koleo_loss_grouped", "sinkhorn_knopp",
+           "updated_centre"]
 
 
 def _distributed() -> bool:
@@ -71,6 +72,33 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
         q = q / rows.clamp(min=tiny) / k  # a prototype nobody uses (all underflowed) stays at 0
         q = q / q.sum(dim=0, keepdim=True).clamp(min=tiny) / n_local
     return (q * n_local).t()
+
+
+@torch.no_grad()
+def centred_softmax(teacher_logits: torch.Tensor, centre: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """DINOv1-style teacher targets ``softmax((z − c) / τ_t)`` ``(n, K)`` (the ``centering`` option).
+
+    ``centre`` ``(K,)`` is an exponential moving average of the teacher's logits
+    (:func:`updated_centre`); subtracting it keeps one prototype from taking every sample.
+    """
+    if teacher_temp <= 0:
+        raise ValueError(f"teacher_temp must be positive, got {teacher_temp}")
+    return F.softmax((teacher_logits.float() - centre.float()) / teacher_temp, dim=-1)
+
+
+@torch.no_grad()
+def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
+    """``m · c + (1 − m) · mean(z)``: the centre after one batch (mean over the *global* batch
+    under ``torch.distributed``)."""
+    z = teacher_logits.float()
+    total = z.sum(dim=0)
+    n = torch.tensor(float(z.shape[0]), device=z.device)
+    if _distributed():
+        dist.all_reduce(total)
+        dist.all_reduce(n)
+    if float(n) == 0.0:  # no rows anywhere (e.g. no masked patch in this batch): the centre stays
+        return centre.float().clone()
+    return momentum * centre.float() + (1.0 - momentum) * total / n
 
 
 def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float = 0.1, *,

@@ -79,7 +79,14 @@ from cryoset.learn.ssl_augment import (
     particle_rng,
 )
 from cryoset.learn.ssl_heads import DINOHead
-from cryoset.learn.ssl_losses import dino_loss, ibot_loss, koleo_loss_grouped, sinkhorn_knopp
+from cryoset.learn.ssl_losses import (
+    centred_softmax,
+    dino_loss,
+    ibot_loss,
+    koleo_loss_grouped,
+    sinkhorn_knopp,
+    updated_centre,
+)
 from cryoset.learn.vit import VIT_SIZES, VisionTransformer, ViTConfig, layer_id_for_param
 
 __all__ = [
@@ -131,8 +138,16 @@ class DinoSettings:
     ibot_loss_weight: float = 1.0
     student_temp: float = 0.1
     sinkhorn_iterations: int = 3
+    #: teacher targets: ``sinkhorn_knopp`` (DINOv2/v3, the paper) or ``centering`` (DINOv1: softmax
+    #: of the logits minus an EMA centre), which leaves the uniform fixed point on small runs
+    centering: str = "sinkhorn_knopp"
+    center_momentum: float = 0.9
 
     def __post_init__(self) -> None:
+        if self.centering not in ("sinkhorn_knopp", "centering"):
+            raise ValueError(f"centering: must be sinkhorn_knopp or centering, got {self.centering!r}")
+        if not 0.0 <= self.center_momentum < 1.0:
+            raise ValueError(f"center_momentum: must be in [0, 1), got {self.center_momentum}")
         for name in ("loss_weight", "koleo_loss_weight", "ibot_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
@@ -284,7 +299,7 @@ class SSLConfig:
                     solarize_p, normalization: store|uint8, mean, std}
             ibot: {mask_sample_probability, mask_ratio, loss_weight}
             dino: {loss_weight, koleo_loss_weight, koleo_group, global_ignore_diagonal,
-                   student_temp, sinkhorn_iterations}
+                   student_temp, sinkhorn_iterations, centering, center_momentum}
             teacher: {momentum, final_momentum, temp, warmup_temp, warmup_temp_epochs}
             optim: {epochs, epoch_length, batch_size, base_lr, scaling_rule, min_lr,
                     warmup_epochs, weight_decay, weight_decay_end, betas, clip_grad,
@@ -749,6 +764,8 @@ def train_ssl(
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
                                   lr=0.0, betas=opt_cfg.betas, weight_decay=0.0)
     config_json = config.to_json()
+    centres = {"dino": torch.zeros(config.heads.dino_prototypes, device=dev),
+               "ibot": torch.zeros(config.heads.ibot_prototypes, device=dev)}  # the centering option's EMAs
     start_epoch, history = 0, []
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is not None:
@@ -760,6 +777,9 @@ def train_ssl(
             teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")})
         except RuntimeError as exc:
             raise InputError(ckpt, f"does not fit this model ({str(exc).splitlines()[0][:160]})") from None
+        for name in centres:
+            if f"centre.{name}" in state:
+                centres[name] = state[f"centre.{name}"].to(dev, torch.float32)
         body = load_optimizer_state(ckpt, optimizer)
         start_epoch = int(body["epoch"]) + 1
         history = list(body.get("history", []))
@@ -804,8 +824,14 @@ def train_ssl(
                 t_cls = teacher.dino_head(t_out["x_norm_clstoken"])
                 t_patch = teacher.ibot_head(t_out["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_index))
             temp = values["teacher_temp"]
-            t_dino = sinkhorn_knopp(t_cls, temp, d_cfg.sinkhorn_iterations).unflatten(0, (2, b))
-            t_ibot = sinkhorn_knopp(t_patch, temp, d_cfg.sinkhorn_iterations)
+            if d_cfg.centering == "centering":
+                t_dino = centred_softmax(t_cls, centres["dino"], temp).unflatten(0, (2, b))
+                t_ibot = centred_softmax(t_patch, centres["ibot"], temp)
+                centres["dino"] = updated_centre(centres["dino"], t_cls, d_cfg.center_momentum)
+                centres["ibot"] = updated_centre(centres["ibot"], t_patch, d_cfg.center_momentum)
+            else:
+                t_dino = sinkhorn_knopp(t_cls, temp, d_cfg.sinkhorn_iterations).unflatten(0, (2, b))
+                t_ibot = sinkhorn_knopp(t_patch, temp, d_cfg.sinkhorn_iterations)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 s_out = net(batch.global_crops, batch.local_crops, masks, mask_index)
             st = d_cfg.student_temp
@@ -852,7 +878,8 @@ def train_ssl(
         history.append(row)
         if rank == 0:
             state = {**{f"student.{k}": v for k, v in student.state_dict().items()},
-                     **{f"teacher.{k}": v for k, v in teacher.state_dict().items()}}
+                     **{f"teacher.{k}": v for k, v in teacher.state_dict().items()},
+                     **{f"centre.{k}": v for k, v in centres.items()}}
             save_training_checkpoint(out / "checkpoints", epoch, model_state=state, kind=KIND, config=config_json,
                                      optimizer=optimizer, state={"history": history, "iteration": (epoch + 1) *
                                                                  steps_per_epoch}, provenance=provenance)
