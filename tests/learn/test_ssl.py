@@ -300,10 +300,13 @@ def test_resume_equals_an_uninterrupted_run(store_path: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(store_path: Path, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes (gloo) = 1 process on the same global batch (data_shards 2)."""
+@pytest.mark.parametrize(("centering", "port"), [("sinkhorn_knopp", 29531), ("centering", 29533)])
+def test_two_gloo_processes_equal_one(store_path: Path, tmp_path: Path, centering: str, port: int) -> None:
+    """torchrun with 2 CPU processes (gloo) = 1 process on the same global batch (data_shards 2),
+    with either kind of teacher targets (both all-reduce over the global batch)."""
     mapping = _mapping(store_path, optim={"epochs": 2, "epoch_length": 2, "warmup_epochs": 0,
-                                          "freeze_last_layer_epochs": 0}, train={"data_shards": 2})
+                                          "freeze_last_layer_epochs": 0}, train={"data_shards": 2},
+                       dino={"centering": centering})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(mapping))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -311,7 +314,7 @@ def test_two_gloo_processes_equal_one(store_path: Path, tmp_path: Path) -> None:
                           str(tmp_path / "one"), "--device", "cpu"], env=env, capture_output=True, text=True,
                          timeout=600, check=False)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29531", "-m", "cryoset", "train",
+    two = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "-m", "cryoset", "train",
                           "ssl", str(tmp_path / "cfg.yaml"), "-o", str(tmp_path / "two"), "--device", "cpu"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert two.returncode == 0, two.stderr[-2000:]
