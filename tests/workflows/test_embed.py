@@ -93,13 +93,13 @@ def test_killed_run_resumes_where_it_stopped(store: Path, tmp_path: Path, monkey
     embed_store(reference, checkpoint=ckpt, batch_size=6)
 
     calls: list[int] = []
-    real = embed_mod._embed_block
+    real = embed_mod.embed_particles
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(int(args[2].size))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(embed_mod, "_embed_block", counting)
+    monkeypatch.setattr(embed_mod, "embed_particles", counting)
 
     def kill_after_four_blocks(done: int, total: int) -> None:
         if len(calls) == 4:

@@ -34,6 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from cryoset.learn.vit_weights import resize_images
 from cryoset.store.dataset import ParticleStore, Selection, decode
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -76,8 +77,7 @@ class Resize:
     size: int
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(image[None], size=(self.size, self.size), mode="bilinear",
-                                               antialias=True, align_corners=False)[0]
+        return resize_images(image[None], self.size)[0]
 
 
 def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -88,6 +88,7 @@ from cryoset.learn.ssl_losses import (
     updated_centre,
 )
 from cryoset.learn.vit import VIT_SIZES, VisionTransformer, ViTConfig, layer_id_for_param
+from cryoset.learn.vit_weights import resize_images
 
 __all__ = [
     "KIND",
@@ -644,19 +645,13 @@ class _Data:
         out = []
         for exp, part in sub.groupby("experiment_id", sort=True):
             imgs = torch.from_numpy(self.stores[0].read_images(str(exp), part["particle_index"].to_numpy(np.int64)))
-            out.append(_resize(imgs[:, None], size))
+            out.append(resize_images(imgs[:, None], size))
         return torch.cat(out)
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _prepare_probe(images: torch.Tensor, crops: CropSettings) -> torch.Tensor:
     """Probe images → network input: resized to the global crop size, normalised like the crops."""
-    x = _resize(images.float(), crops.global_size)
+    x = resize_images(images.float(), crops.global_size)
     if crops.normalization == "uint8":
         x = (x / 255.0 - crops.mean) / crops.std
     return x
@@ -809,7 +804,7 @@ def train_ssl(
             data_pass, store_i, images, rows = data.batch(it)
             b = images.shape[0]
             if run.input_size and images.shape[-1] != run.input_size:
-                images = _resize(images, run.input_size)
+                images = resize_images(images, run.input_size)
             # crop boxes in the pixels of the images they cut (after the resize)
             params = [draw_params(crops, particle_rng(run.seed, data_pass, store_i, int(r)), *images.shape[-2:])
                       for r in rows]

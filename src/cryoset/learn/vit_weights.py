@@ -42,6 +42,7 @@ __all__ = [
     "model_input",
     "normalization_of",
     "published_key_map",
+    "resize_images",
     "resolve_vit_checkpoint",
     "save_vit",
 ]
@@ -87,13 +88,22 @@ def normalization_of(metadata: Mapping[str, Any], where: str | os.PathLike[str] 
     return {"kind": "store"}
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, y, x)`` → ``(B, C, size, size)``: bilinear, antialiased when shrinking; unchanged
+    when already that size (the one resize of particles for the encoder and its training)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)
+
+
 def model_input(images: torch.Tensor, normalization: Mapping[str, Any], input_size: int, *,
                 uint8_values: bool = False) -> torch.Tensor:
     """Images as the model expects them: ``(B, y, x)`` or ``(B, 1, y, x)`` → ``(B, 1, S, S)`` float32.
 
     * ``store`` — ``images`` are the store's decoded particles (already normalised per particle
       at extraction); they are only resized to ``S = input_size`` (bilinear, antialiased, as
-      :class:`cryoset.learn.particles.Resize`).
+      :func:`resize_images`).
     * ``uint8`` — cryoPANDA: ``p = images / 255`` when ``uint8_values`` (the stored 8-bit
       values), else the per-image min–max scaling to [0, 1]; resized; then ``(p − mean) / std``.
     """
@@ -112,9 +122,7 @@ def model_input(images: torch.Tensor, normalization: Mapping[str, Any], input_si
             x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
     elif kind != "store":
         raise ValueError(f"unknown normalisation kind {kind!r}")
-    if x.shape[-2:] != (input_size, input_size):
-        x = torch.nn.functional.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True,
-                                            align_corners=False)
+    x = resize_images(x, input_size)
     if kind == "uint8":
         x = (x - float(normalization["mean"])) / float(normalization["std"])
     return x.contiguous()

@@ -118,7 +118,7 @@ def feature_grid(image: ArrayLike, featurize: Featurizer, window_px: int, stride
 
 def disk_contrast(work: ArrayLike, diameter_px: float) -> NDArray[np.float64]:
     """Mean inside the disk of diameter ``d`` minus the mean of the ring ``d/2 … 3d/4``, at every pixel."""
-    from cryoset.picking.peaks import _convolve_same
+    from cryoset.picking.peaks import convolve_same
 
     img = np.asarray(work, dtype=np.float64)
     r_in, r_out = 0.5 * diameter_px, 0.75 * diameter_px
@@ -130,7 +130,7 @@ def disk_contrast(work: ArrayLike, diameter_px: float) -> NDArray[np.float64]:
     inner[c - k:c + k + 1, c - k:c + k + 1] = d_in
     ring = outer - inner
     kernel = inner / max(inner.sum(), 1.0) - ring / max(ring.sum(), 1.0)
-    return _convolve_same(img, kernel)
+    return convolve_same(img, kernel)
 
 
 def pc1_score(features: ArrayLike, orientation: ArrayLike | None = None) -> tuple[NDArray[np.float64], float]:

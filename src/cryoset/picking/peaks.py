@@ -13,6 +13,7 @@ import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "convolve_same",
     "disk",
     "edge_mask",
     "find_peaks",
@@ -272,13 +273,13 @@ def local_power(image: ArrayLike, xy: ArrayLike, radius_px: float) -> NDArray[np
         return np.zeros(0)
     fp = disk(radius_px).astype(np.float64)
     fp /= fp.sum()
-    energy = _convolve_same(img * img, fp)
+    energy = convolve_same(img * img, fp)
     j = np.clip(np.rint(p[:, 0]).astype(int), 0, img.shape[1] - 1)
     i = np.clip(np.rint(p[:, 1]).astype(int), 0, img.shape[0] - 1)
     return np.asarray(energy[i, j], dtype=np.float64)
 
 
-def _convolve_same(image: NDArray[np.float64], kernel: NDArray[np.float64]) -> NDArray[np.float64]:
+def convolve_same(image: NDArray[np.float64], kernel: NDArray[np.float64]) -> NDArray[np.float64]:
     """Linear ``same``-size convolution with a small centred kernel (zero padding), via FFT."""
     ky, kx = kernel.shape
     ny, nx = image.shape

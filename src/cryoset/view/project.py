@@ -759,7 +759,7 @@ def write_class_selection(classes_dir: Path, keep: list[int], *, keep_recovered:
     from cryoset.io.atomic import write_text_atomic
     from cryoset.io.particles import read_particles, write_particles
     from cryoset.provenance import make_provenance, write_provenance
-    from cryoset.workflows.classify2d import _write_selected_csv, micrograph_heights
+    from cryoset.workflows.classify2d import micrograph_heights, write_selected_csv
 
     star = classes_dir / "particles.star"
     source = read_particles(star)  # its optics and column order are written back as read
@@ -789,7 +789,7 @@ def write_class_selection(classes_dir: Path, keep: list[int], *, keep_recovered:
     write_particles(classes_dir / "particles_kept.star", replace(source, table=table[kept].reset_index(drop=True)),
                     provenance=prov)
     heights, missing = micrograph_heights(table, star)
-    _write_selected_csv(classes_dir, heights, missing, "micrograph" in table.columns, prov)
+    write_selected_csv(classes_dir, heights, missing, "micrograph" in table.columns, prov)
     if rows is not None:
         store, exp_ids, indices = rows
         store.write_selection(exp_ids, indices, kept, provenance=prov)

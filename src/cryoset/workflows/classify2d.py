@@ -32,7 +32,7 @@ from cryoset.io import relion_labels as L
 from cryoset.workflows.params import Classify2DParams
 
 __all__ = ["SELECTED_CSV", "Classify2DParams", "micrograph_file_height", "micrograph_heights",
-           "round_directories", "run_classify2d", "summary_kept"]
+           "round_directories", "run_classify2d", "summary_kept", "write_selected_csv"]
 
 #: The kept particles as CryoVirusDB's collective particles CSV, in each round's directory.
 SELECTED_CSV = "particles_selected.csv"
@@ -175,8 +175,8 @@ def micrograph_file_height(name: str, star: Path | None) -> int | None:
     return None
 
 
-def _write_selected_csv(out: Path, heights: dict[str, int], missing: list[str], has_micrographs: bool,
-                        prov: Mapping[str, Any]) -> dict[str, Any]:
+def write_selected_csv(out: Path, heights: dict[str, int], missing: list[str], has_micrographs: bool,
+                       prov: Mapping[str, Any]) -> dict[str, Any]:
     """``out/particles_selected.csv`` from ``out/particles_kept.star`` (its values as written), or why not."""
     from cryoset.io.cryovirusdb import write_cryovirusdb
     from cryoset.io.particles import read_particles
@@ -304,7 +304,7 @@ def _one_round(particles: Path | None, out: Path, p: Classify2DParams, *, store:
     write_particles(out / "particles.star", table, provenance=prov)
     write_particles(out / "particles_kept.star", table[kept].reset_index(drop=True), provenance=prov)
     found, missing = micrograph_heights(data.table, particles, heights)
-    selected = _write_selected_csv(out, found, missing, "micrograph" in data.table.columns, prov)
+    selected = write_selected_csv(out, found, missing, "micrograph" in data.table.columns, prov)
     write_stack(out / "class_averages.mrcs", result.averages, data.pixel_size_a)
     with atomic_path(out / "classes.csv") as tmp:
         stats.to_csv(tmp, index=False)

@@ -54,7 +54,7 @@ from cryoset.io.atomic import atomic_directory, atomic_path
 from cryoset.provenance import make_provenance, sha256_file
 from cryoset.store.dataset import ParticleStore, decode
 
-__all__ = ["EMBEDDING_KINDS", "embed_store", "embedding_names", "read_embeddings"]
+__all__ = ["EMBEDDING_KINDS", "embed_particles", "embed_store", "embedding_names", "read_embeddings"]
 
 PathLike = str | os.PathLike[str]
 EMBEDDING_KINDS = ("cls", "patch_mean", "both")
@@ -98,8 +98,10 @@ def _settings(ckpt: Path, ckpt_sha: str, kind: str, meta: dict[str, Any], batch_
             "particles_sha256": hashlib.sha256(np.ascontiguousarray(idx, dtype="<i8").tobytes()).hexdigest()}
 
 
-def _embed_block(store: ParticleStore, exp: str, idx: NDArray[np.int64], model: Any, kind: str,
-                 meta: dict[str, Any], batch_size: int, device: str) -> NDArray[np.float16]:
+def embed_particles(store: ParticleStore, exp: str, idx: NDArray[np.int64], model: Any, kind: str,
+                    meta: dict[str, Any], batch_size: int, device: str) -> NDArray[np.float16]:
+    """Features ``(len(idx), D)`` float16 of particles ``idx`` of experiment ``exp``, the images
+    normalised as ``meta`` (the checkpoint's metadata) says, in batches of ``batch_size``."""
     import torch
 
     from cryoset.learn.vit_weights import model_input
@@ -253,7 +255,7 @@ def embed_store(
                 if vec is not None and (vec.shape != (rows.size, dim) or vec.dtype != np.float16):
                     vec = None
             if vec is None:
-                vec = _embed_block(store, exp, rows, model, kind, meta, batch_size, device)
+                vec = embed_particles(store, exp, rows, model, kind, meta, batch_size, device)
                 with atomic_path(part) as tmp:
                     with open(tmp, "wb") as fh:
                         np.save(fh, vec, allow_pickle=False)

@@ -192,7 +192,7 @@ def load_probe_features(config: ProbeConfig, *, on_progress: Callable[[int, int]
     import torch
 
     from cryoset.learn.vit_weights import load_vit, resolve_vit_checkpoint
-    from cryoset.workflows.embed import _embed_block
+    from cryoset.workflows.embed import embed_particles
 
     ckpt = resolve_vit_checkpoint(config.checkpoint)
     model, meta = load_vit(ckpt)
@@ -204,7 +204,7 @@ def load_probe_features(config: ProbeConfig, *, on_progress: Callable[[int, int]
     for exp_id, sub in frame.groupby("experiment_id", sort=False):
         idx = sub["particle_index"].to_numpy(np.int64)
         for lo in range(0, len(idx), block):
-            v = _embed_block(store, str(exp_id), idx[lo:lo + block], model, config.kind, meta, config.batch_size,
+            v = embed_particles(store, str(exp_id), idx[lo:lo + block], model, config.kind, meta, config.batch_size,
                              config.device)
             parts.append(v.astype(np.float32))
             done += len(v)
