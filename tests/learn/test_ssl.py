@@ -201,6 +201,28 @@ def test_whole_image_crop_is_exact_and_rotations_are_90_degrees() -> None:
             assert min(matches) < 1e-4
 
 
+def test_any_angle_rotation_turns_a_centred_pattern_and_keeps_the_default_draws() -> None:
+    settings = CropSettings(global_size=32, local_size=8, n_local=0, patch_size=4, jitter_p=0.0,
+                            blur_p=(0.0, 0.0, 0.0), mask_sample_probability=0.0)
+    yy, xx = torch.meshgrid(torch.arange(32.0) - 15.5, torch.arange(32.0) - 15.5, indexing="ij")
+    image = torch.exp(-((xx - 6.0) ** 2 + yy**2) / 8.0)[None, None]  # a blob 6 px right of the centre
+    base = {"box": (0.0, 0.0, 32.0, 32.0), "flip": False, "rot": 0, "jitter": False, "brightness": 1.0,
+            "contrast": 1.0, "brightness_first": True, "blur": False, "sigma": 1.0, "solarize": False}
+    for angle in (math.pi / 3, 1.234):
+        crop = {**base, "angle": angle}
+        p = {"crops": [crop, crop], "masks": [np.zeros(64, bool), np.zeros(64, bool)]}
+        out = make_crops(image, [p], settings).global_crops[0, 0]
+        w = out.clamp(min=0)
+        cy, cx = float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
+        assert math.hypot(cx, cy) == pytest.approx(6.0, abs=0.3)  # same radius ...
+        turned = math.atan2(cy, cx) % (2 * math.pi)  # ... turned by the angle (either sense is a rotation)
+        assert min(abs(turned - angle), abs(turned - (2 * math.pi - angle))) < 0.05
+    off = draw_params(settings, np.random.default_rng(5), 32, 32)
+    on = draw_params(CropSettings(**{**settings.__dict__, "rotate_any": True}), np.random.default_rng(5), 32, 32)
+    assert off["crops"][0]["angle"] == 0.0 and on["crops"][0]["angle"] != 0.0
+    assert off["crops"][0]["box"] == on["crops"][0]["box"]  # the new draw comes last: old streams unchanged
+
+
 # ------------------------------------------------------------------------------- schedules/groups
 def test_schedules_follow_the_published_shapes(store_path: Path, tmp_path: Path) -> None:
     assert schedule_value(0, 100, 1.0, 0.0, warmup=10, warmup_start=0.0) == 0.0

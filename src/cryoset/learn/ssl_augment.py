@@ -15,6 +15,8 @@ numbers):
   local crops likewise with ``local_scale`` to ``local_size``;
 * horizontal flip (p ``hflip_p``) and — particles have no orientation, unlike photographs, so
   on by default here although the paper used flips only — a random multiple of 90° rotation;
+  with ``rotate_any`` also a uniform rotation by any angle (in-plane rotation is a nuisance
+  for particles; the corners then repeat the border pixels);
 * brightness / contrast jitter (p ``jitter_p``; factors uniform in ``1 ± brightness``,
   ``1 ± contrast``, in random order);
 * Gaussian blur (9-tap, σ uniform in ``blur_sigma``) with probabilities ``blur_p`` =
@@ -66,6 +68,7 @@ class CropSettings:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_p: float = 0.5
     rot90: bool = True
+    rotate_any: bool = False
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -205,8 +208,10 @@ def draw_params(settings: CropSettings, rng: np.random.Generator, height: int, w
         blur = bool(rng.random() < blur_p)
         sigma = float(rng.uniform(*settings.blur_sigma))
         solarize = bool(c == 1 and rng.random() < settings.solarize_p)
+        angle = float(rng.uniform(0.0, 2.0 * math.pi)) if settings.rotate_any else 0.0
         crops.append({"box": box, "flip": flip, "rot": rot, "jitter": jitter, "brightness": b, "contrast": k,
-                      "brightness_first": brightness_first, "blur": blur, "sigma": sigma, "solarize": solarize})
+                      "brightness_first": brightness_first, "blur": blur, "sigma": sigma, "solarize": solarize,
+                      "angle": angle})
     grid = settings.grid()
     n_patches = grid[0] * grid[1]
     masks = []
@@ -235,15 +240,19 @@ class MultiCropBatch:
         return int(self.global_crops.shape[0] // 2)
 
 
-def _affine(box: tuple[float, float, float, float], flip: bool, rot: int, height: int, width: int
-            ) -> list[list[float]]:
-    """``grid_sample`` theta mapping output coordinates to the crop box (flip, then rotation)."""
+def _affine(box: tuple[float, float, float, float], flip: bool, rot: int, height: int, width: int,
+            angle: float = 0.0) -> list[list[float]]:
+    """``grid_sample`` theta mapping output coordinates to the crop box (flip, then the 90° rotations,
+    then a rotation by ``angle`` radians)."""
     top, left, h, w = box
     cx = (left + w / 2) / width * 2 - 1
     cy = (top + h / 2) / height * 2 - 1
     a = np.array([[-1.0, 0.0], [0.0, 1.0]]) if flip else np.eye(2)
     r = np.array([[0.0, -1.0], [1.0, 0.0]])
     a = np.linalg.matrix_power(r, rot) @ a
+    if angle:
+        c, s = math.cos(angle), math.sin(angle)
+        a = np.array([[c, -s], [s, c]]) @ a
     sx, sy = w / width, h / height
     return [[sx * a[0, 0], sx * a[0, 1], cx], [sy * a[1, 0], sy * a[1, 1], cy]]
 
@@ -333,7 +342,7 @@ def make_crops(images: torch.Tensor, params: Sequence[dict[str, Any]], settings:
     def crops_of(indices: range, size: int) -> torch.Tensor:
         chosen = [params[i]["crops"][c] for c in indices for i in range(b)]
         src = x.repeat(len(indices), 1, 1, 1)
-        thetas = [_affine(p["box"], p["flip"], p["rot"], height, width) for p in chosen]
+        thetas = [_affine(p["box"], p["flip"], p["rot"], height, width, p.get("angle", 0.0)) for p in chosen]
         return _finish(_resample(src, thetas, size), chosen, settings)
 
     global_crops = crops_of(range(2), settings.global_size)

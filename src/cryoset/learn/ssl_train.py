@@ -296,7 +296,7 @@ class SSLConfig:
             model: {size: tiny, depth: 6, patch_size: 8, img_size: 64, drop_path_rate: 0.0}
             heads: {dino_prototypes, ibot_prototypes, hidden_dim, bottleneck_dim, nlayers}
             crops: {global_size, global_scale, n_local, local_size, local_scale, ratio, hflip_p,
-                    rot90, jitter_p, brightness, contrast, blur_p, blur_sigma, blur_kernel,
+                    rot90, rotate_any, jitter_p, brightness, contrast, blur_p, blur_sigma, blur_kernel,
                     solarize_p, normalization: store|uint8, mean, std}
             ibot: {mask_sample_probability, mask_ratio, loss_weight}
             dino: {loss_weight, koleo_loss_weight, koleo_group, global_ignore_diagonal,
