@@ -499,12 +499,14 @@ def cells() -> list[Cell]:
     nan_stack = _nan_mrc("particles.mrcs", (8, 16, 16), stack=True)
     trunc_stack = _truncate("stack", 1024 + 3 * 16 * 16 * 4)
     for cmd, argv in (
-        ("classify2d", lambda out: ["-K", "2", "--n-iter", "1", "--out", out]),
-        ("reconstruct", lambda out: ["--out", out / "map.mrc"]),
+        ("classify2d", lambda i, out: ["-K", "2", "--n-iter", "1", "--out", out]),
+        ("reconstruct", lambda i, out: ["--out", out / "map.mrc"]),
+        ("abinitio", lambda i, out: ["--n-iter", "1", "--out", out]),
+        ("refine", lambda i, out: ["--reference", i.map, "--iterations", "1", "--out", out]),
     ):
-        def run(cmd: str = cmd, argv: Callable[[Path], list[object]] = argv
+        def run(cmd: str = cmd, argv: Callable[[Inputs, Path], list[object]] = argv
                 ) -> Callable[[Inputs, Path, Path | None], list[object]]:
-            return lambda i, t, p: [cmd, p, *argv(t / "res")]
+            return lambda i, t, p: [cmd, p, *argv(i, t / "res")]
 
         add(cmd, "empty", _file("e.star", b""), run())
         add(cmd, "truncated", star_with(trunc_stack), run(), "particles.mrcs")
@@ -515,13 +517,53 @@ def cells() -> list[Cell]:
         add(cmd, "zero-pixel-size", star_with(None, particles_star(8, pixel="0.0")), run())
         add(cmd, "missing", _missing("m.star"), run())
         add(cmd, "output-under-file", None,
-            lambda i, t, p, cmd=cmd, argv=argv: [cmd, i.star, *argv(_blocked(t))], "blocker")
+            lambda i, t, p, cmd=cmd, argv=argv: [cmd, i.star, *argv(i, _blocked(t))], "blocker")
         add(cmd, "index-out-of-range", star_with(None, particles_star(8, index_offset=4)), run())
         add(cmd, "image-size-contradicts-stack", star_with(None, particles_star(8, size=32)), run())
     add("reconstruct", "nan-reference", _nan_mrc("ref.mrc", (16, 16, 16), stack=False),
         lambda i, t, p: ["reconstruct", i.star, "--out", t / "r.mrc", "--reference", p])
     add("reconstruct", "missing-reference", _missing("ref.mrc"),
         lambda i, t, p: ["reconstruct", i.star, "--out", t / "r.mrc", "--reference", p])
+
+    # --- poses export STAR --out DIR [--store STORE --experiment ID] (reads the STAR only, no images)
+    def poses(*extra: object) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        return lambda i, t, p: ["poses", "export", p if p is not None else i.star, "--out", t / "poses", *extra]
+
+    good_star = particles_star(8)
+    add("poses export", "empty", _file("e.star", b""), poses())
+    add("poses export", "truncated", _file("t.star", good_star[: good_star.rindex("\n", 0, -1) + 12]), poses())
+    add("poses export", "wrong-format", png("w.star"), poses())
+    add("poses export", "nan", _file("n.star", good_star.replace(" 37.0 23.0 11.0 ", " nan 23.0 11.0 ")), poses())
+    add("poses export", "negative", None, poses("--match-tolerance-px", "-1"), "--match-tolerance-px")
+    add("poses export", "missing", _missing("m.star"), poses())
+    add("poses export", "output-under-file", None,
+        lambda i, t, p: ["poses", "export", i.star, "--out", _blocked(t)], "blocker")
+    add("poses export", "unknown-experiment", None,
+        lambda i, t, p: ["poses", "export", i.star, "--out", t / "poses", "--store", i.store, "--experiment", "NOPE"],
+        "NOPE")
+
+    # --- postprocess HALF1 HALF2 --out DIR, mask-create MAP --out MASK (the bad file as half 1 / the map)
+    def map_cmd(cmd: str, *extra: str) -> Callable[[Inputs, Path, Path | None], list[object]]:
+        def argv(i: Inputs, t: Path, p: Path | None) -> list[object]:
+            out = ["--out", t / "post"] if cmd == "postprocess" else ["--out", t / "mask.mrc"]
+            return [cmd, i.map if p is None else p, *([i.map] if cmd == "postprocess" else []), *out, *extra]
+        return argv
+
+    for cmd in ("postprocess", "mask-create"):
+        add(cmd, "empty", _file("e.mrc", b""), map_cmd(cmd))
+        add(cmd, "truncated", _truncate("map"), map_cmd(cmd))
+        add(cmd, "wrong-format", _png("w.mrc"), map_cmd(cmd))
+        add(cmd, "nan", _nan_mrc("n.mrc", (16, 16, 16), stack=False), map_cmd(cmd))
+        add(cmd, "missing", _missing("m.mrc"), map_cmd(cmd))
+        add(cmd, "negative", None, map_cmd(cmd, "--extend-px", "-1"), "--extend-px")
+    add("postprocess", "output-under-file", None,
+        lambda i, t, p: ["postprocess", i.map, i.map, "--out", _blocked(t)], "blocker")
+    add("mask-create", "output-under-file", None,
+        lambda i, t, p: ["mask-create", i.map, "--out", _blocked(t, "m.mrc")], "blocker")
+    add("postprocess", "nan-half2", _nan_mrc("n2.mrc", (16, 16, 16), stack=False),
+        lambda i, t, p: ["postprocess", i.map, p, "--out", t / "post"])
+    add("postprocess", "nan-mask", _nan_mrc("mask.mrc", (16, 16, 16), stack=False),
+        lambda i, t, p: ["postprocess", i.map, i.map, "--out", t / "post", "--mask", p])
 
     # --- trace CA --aa-prob --sequence -o
     def trace(ca: Callable[[Inputs, Path], Path] | None = None) -> Callable[[Inputs, Path, Path | None], list[object]]:

@@ -81,7 +81,7 @@ def test_no_gridding_correction_is_the_uncorrected_map(run_cli, posed: dict[str,
 
 def test_reconstruct_error_paths_exit_2(run_cli, posed: dict[str, object], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     d = Path(str(posed["dir"]))
-    code, _, err = run_cli("reconstruct", d / "particles.star", "--out", tmp_path / "m.mrc", "--symmetry", "T")
+    code, _, err = run_cli("reconstruct", d / "particles.star", "--out", tmp_path / "m.mrc", "--symmetry", "Q7")
     assert code == 2 and "point group" in err
     small = np.zeros((16, 16, 16), np.float32)
     write_map(tmp_path / "small.mrc", small, (2.5, 2.5, 2.5))

@@ -225,3 +225,44 @@ def test_phase_flipped_particles_reconstruct_like_unflipped(simulated: dict[str,
     res_bad = resolution_at(bad.correlation, bad.freq_per_a, 0.5)
     print(f"FSC(truth) 0.5: plain {res_plain:.2f} Å, flipped {res_flipped:.2f} Å, flag ignored {res_bad:.2f} Å")
     assert res_bad > res_plain + 1.5
+
+
+def test_weighted_copies_summing_to_one_equal_one_hard_insertion(rng: np.random.Generator) -> None:
+    """Posterior-weighted back-projection: an image inserted k times at its pose with weights
+    summing to 1 counts once, in the image term and in the CTF² term (equal to float64
+    rounding: a voxel sums several trilinear contributions, so the order of the additions
+    differs); unit weights are the unweighted path bit for bit."""
+    from cryoset.recon.reconstruct import FourierAccumulator, _Take, backproject
+
+    b, n = 16, 6
+    vol = _blobs(b, rng.uniform(-4, 4, (6, 3)), 1.5)
+    rots = random_rotations(n, rng)
+    shifts = rng.uniform(-2, 2, (n, 2))
+    images = _shift_images(project_fourier(vol, rots), shifts)
+    defocus = rng.uniform(8000, 20000, n)
+    ctf = {"defocus_u_a": defocus, "defocus_v_a": defocus + 300, "defocus_angle_deg": rng.uniform(0, 180, n),
+           "phase_shift_deg": np.zeros(n), "bfactor_a2": np.zeros(n), "voltage_kv": np.full(n, 300.0),
+           "cs_mm": np.full(n, 2.7), "amplitude_contrast": np.full(n, 0.1)}
+    for i in range(n):  # one image: k = 3 copies with weights 1/2, 1/4, 1/4
+        hard = backproject(FourierAccumulator.empty(b), images[i:i + 1], rots[i:i + 1], shifts[i:i + 1], 1.5,
+                           ctf_params={k: v[i:i + 1] for k, v in ctf.items()})
+        rows = np.full(3, i)
+        soft = backproject(FourierAccumulator.empty(b), images[rows], rots[rows], shifts[rows], 1.5,
+                           ctf_params={k: v[rows] for k, v in ctf.items()}, weights=np.array([0.5, 0.25, 0.25]))
+        scale = float(np.abs(hard.data).max())
+        assert np.allclose(soft.data, hard.data, rtol=0, atol=1e-12 * scale)
+        assert np.allclose(soft.weight, hard.weight, rtol=0, atol=1e-12 * float(hard.weight.max()))
+    unweighted = backproject(FourierAccumulator.empty(b), images, rots, shifts, 1.5, ctf_params=ctf)
+    ones = backproject(FourierAccumulator.empty(b), images, rots, shifts, 1.5, ctf_params=ctf, weights=np.ones(n))
+    assert np.array_equal(ones.data, unweighted.data) and np.array_equal(ones.weight, unweighted.weight)
+    # reconstruct: two half-weight copies of every particle (rows read lazily through a row map)
+    subsets = np.array([1, 2] * (n // 2))
+    rec = reconstruct(images, rots, shifts, 1.5, ctf_params=ctf, subsets=subsets, wiener_constant=0.1)
+    rows = np.repeat(np.arange(n), 2)
+    twice = reconstruct(_Take(images, rows), rots[rows], shifts[rows], 1.5,
+                        ctf_params={k: v[rows] for k, v in ctf.items()}, subsets=subsets[rows],
+                        wiener_constant=0.1, weights=np.full(2 * n, 0.5))
+    for a, c in ((twice.half1, rec.half1), (twice.half2, rec.half2), (twice.volume, rec.volume)):
+        assert np.allclose(a, c, rtol=0, atol=1e-5 * float(np.abs(c).max()))
+    with pytest.raises(ValueError, match="weights"):
+        backproject(FourierAccumulator.empty(b), images, rots, shifts, 1.5, weights=np.ones(n + 1))

@@ -10,7 +10,7 @@ from cryoset.recon.symmetry import is_group, parse_point_group, symmetry_operato
 
 
 @pytest.mark.parametrize("name,order", [("C1", 1), ("C2", 2), ("C4", 4), ("C7", 7), ("D2", 4),
-                                        ("D3", 6), ("D5", 10)])
+                                        ("D3", 6), ("D5", 10), ("T", 12), ("O", 24), ("I", 60)])
 def test_operators_form_a_group_of_the_right_order(name: str, order: int) -> None:
     ops = symmetry_operators(name)
     assert ops.shape == (order, 3, 3)
@@ -38,7 +38,22 @@ def test_non_groups_are_detected() -> None:
     assert not is_group(ops[1:])  # no identity
 
 
-@pytest.mark.parametrize("bad", ["C0", "D1", "T", "I2", "O", "c", "4"])
+def test_polyhedral_axes() -> None:
+    def fixed_axes(ops: np.ndarray, axis: list[float]) -> int:
+        a = np.asarray(axis) / np.linalg.norm(axis)
+        return sum(1 for op in ops if np.allclose(op @ a, a, atol=1e-9))
+
+    t, o, i = symmetry_operators("T"), symmetry_operators("O"), symmetry_operators("I")
+    assert fixed_axes(t, [1, 0, 0]) == 2 and fixed_axes(t, [1, 1, 1]) == 3 and fixed_axes(t, [0, 0, 1]) == 2
+    assert fixed_axes(o, [0, 0, 1]) == 4 and fixed_axes(o, [1, 1, 1]) == 3 and fixed_axes(o, [1, 1, 0]) == 2
+    phi = (1 + 5**0.5) / 2
+    assert fixed_axes(i, [0, 1, phi]) == 5 and fixed_axes(i, [1, 0, 0]) == 2 and fixed_axes(i, [1, 1, 1]) == 3
+    # T is the subgroup of O; both are subgroups of nothing smaller
+    assert all(any(np.allclose(a, b) for b in o) for a in t)
+    assert parse_point_group("i") == ("I", 60)
+
+
+@pytest.mark.parametrize("bad", ["C0", "D1", "I2", "T1", "c", "4"])
 def test_unsupported_groups_are_input_errors(bad: str) -> None:
     with pytest.raises(InputError):
         parse_point_group(bad)

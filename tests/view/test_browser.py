@@ -81,6 +81,20 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def _stable_count(driver: Any, selector: str, polls: int = 5) -> int:
+    """The number of elements matching ``selector`` once it has not changed for ``polls`` polls (0.1 s)."""
+    import time
+
+    counts: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        counts.append(len(driver.find_elements("css selector", selector)))
+        if len(counts) >= polls and len(set(counts[-polls:])) == 1:
+            return counts[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"{selector}: count never settled ({counts[-polls:]})")
+
+
 def _wait(driver: Any, condition: Any, timeout: float = 30) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -138,10 +152,10 @@ def test_curation_in_the_browser(project: Path, server: str, browser: Any, tmp_p
     mine = scores[scores["micrograph"] == "micrograph_0000.mrc"][["x_px", "y_px"]].to_numpy()
     grid = [(x, y) for x in range(60, 460, 20) for y in range(60, 460, 20)]
     free = max(grid, key=lambda p: np.min(np.hypot(mine[:, 0] - p[0], mine[:, 1] - p[1])))
-    n_circles = len(d.find_elements("css selector", "#overlay circle"))
+    n_circles = _stable_count(d, "#overlay circle")  # the overlay of micrograph 0 fully drawn
     _click_at(d, *free, 512, 512)
     _wait(d, lambda d: _text(d, "msg") == "pick added and saved")
-    assert len(d.find_elements("css selector", "#overlay circle")) == n_circles + 1
+    _wait(d, lambda d: len(d.find_elements("css selector", "#overlay circle")) == n_circles + 1)
     after = read_coords(star)
     assert len(after) == len(before) + 1
     new = after[~after["x_px"].round(3).isin(before["x_px"].round(3))]

@@ -51,6 +51,7 @@ def build(
         echo_json({"out": str(out), "store": str(result.store_path), "particles": result.total_particles,
                    "experiments": {eid: {"micrographs": s.get("micrographs", 0), "particles": s.get("stored", 0),
                                          "executed": list(s["executed"]), "skipped": list(s["skipped"]),
+                                         "stage_seconds": s.get("stage_seconds", {}),
                                          "report": str(s["report"])}
                                    for eid, s in result.experiments.items()}})
         return

@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
 
             cryoset extract mics/*.mrc --picks picks --box-px 256 --phase-flip --ctf micrographs_ctf.star --out particles
         """
-        from cryoset.workflows.pick import ExtractParams, run_extract
+        from cryoset.workflows.extract import ExtractParams, run_extract
 
         params = ExtractParams(
             box_px=box, diameter_a=diameter_a, pixel_size_a=pixel_size, pixel_size_out_a=pixel_size_out,

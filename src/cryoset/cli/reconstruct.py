@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     def reconstruct_cmd(
         particles: Path = typer.Argument(..., help="Particle STAR file with angles, shifts and CTF."),
         out: Path = option("out", ..., help="Output map (.mrc); half maps and FSC go beside it."),
-        symmetry: str = typer.Option(_D.symmetry, "--symmetry", help="Point group: C1, Cn or Dn."),
+        symmetry: str = typer.Option(_D.symmetry, "--symmetry", help="Point group: C1, Cn, Dn, T, O or I."),
         reference: Path | None = typer.Option(None, "--reference", help="Map to compare with (FSC at 0.5 and 0.143)."),
         snr: float | None = typer.Option(_D.snr, "--snr", help="Fixed Wiener SNR (default: per shell from the half-map FSC)."),
         box: int = option("box_px", _D.box_px, help="Fourier-crop images to this box edge first, pixels (0: keep)."),

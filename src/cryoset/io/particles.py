@@ -46,6 +46,8 @@ from cryoset.errors import InputError
 from cryoset.geometry import euler_to_matrix, matrix_to_euler, matrix_to_rotvec, rotvec_to_matrix
 from cryoset.io import schema as S
 from cryoset.io.cryosparc import CS_DEFAULT_FIELDS, PHASE_FLIPPED_FIELD, read_cs, write_cs
+from cryoset.io.lean import PathStyle as PathStyle  # re-exported
+from cryoset.io.lean import relion_path as relion_path  # re-exported
 from cryoset.io.relion_labels import (
     CANONICAL_TO_PARTICLE_STAR,
     INTEGER_LABELS,
@@ -755,7 +757,8 @@ def table_to_cs(table: pd.DataFrame, path: str | os.PathLike[str] | None = None)
 # image paths: RELION's project-relative names
 # ------------------------------------------------------------------------------------------
 
-PathStyle = Literal["project", "star"]
+# PathStyle and relion_path live in the pandas-free cryoset.io.lean (the extract command's
+# fast path writes the same names); they stay importable from here.
 
 
 def image_path_candidates(name: str, star_path: str | os.PathLike[str] | None) -> list[Path]:
@@ -792,36 +795,6 @@ def resolve_image_path(name: str, star_path: str | os.PathLike[str] | None) -> P
     looked = " or ".join(str(c) for c in candidates)
     raise InputError(star_path if star_path is not None else name,
                      f"image stack {name} not found (looked for {looked})")
-
-
-def relion_path(target: str | os.PathLike[str], star_path: str | os.PathLike[str],
-                style: PathStyle = "project") -> str:
-    """The name to write in a STAR file for ``target`` (an image stack or micrograph).
-
-    Parameters
-    ----------
-    target
-        The file.
-    star_path
-        The STAR file being written.
-    style
-        ``"project"``: relative to the current directory, RELION's project directory, as
-        RELION writes and resolves names (e.g. ``Extract/job001/Micrographs/x.mrcs``); a file
-        outside the current directory is written absolute. ``"star"``: relative to the STAR
-        file's folder (readable by cryoset from anywhere, by RELION only when run there).
-
-    Returns
-    -------
-    str
-        A POSIX path.
-    """
-    t = Path(target).resolve()
-    if style == "star":
-        return Path(os.path.relpath(t, Path(star_path).resolve().parent)).as_posix()
-    if style != "project":
-        raise ValueError(f"style: expected 'project' or 'star', got {style!r}")
-    cwd = Path.cwd().resolve()
-    return t.relative_to(cwd).as_posix() if t.is_relative_to(cwd) else t.as_posix()
 
 
 def fill_image_geometry(particles: ParticleSet, star_path: str | os.PathLike[str] | None) -> list[str]:

@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from cryoset.ctf.model import CTFParams, ctf_2d
 from cryoset.errors import InputError
+
+if TYPE_CHECKING:  # pandas is imported only by the table API (the extract command's fast path
+    import pandas as pd  # works on arrays: importing pandas costs more than RELION's whole run)
 
 __all__ = [
     "ExtractionResult",
     "box_size_for_diameter",
     "cut_boxes",
     "default_bg_radius_px",
+    "extract_boxes",
     "extract_particles",
     "is_fft_friendly",
     "normalise_background",
@@ -205,6 +209,8 @@ _CTF_COLUMNS = ("defocus_u_a", "defocus_v_a", "defocus_angle_deg")
 
 
 def _row_ctf(row: pd.Series, fallback: CTFParams | None) -> CTFParams:
+    import pandas as pd
+
     if all(c in row.index and pd.notna(row[c]) for c in _CTF_COLUMNS):
         return CTFParams.from_row(row, fallback)
     if fallback is None:
@@ -255,6 +261,23 @@ def extract_particles(
     -------
     ExtractionResult
     """
+    img = _check_inputs(image, pixel_size_a, pixel_size_out_a)
+    xy = picks[["x_px", "y_px"]].to_numpy(np.float64)
+    boxes, kept = cut_boxes(img, xy, int(box_px))
+    table = picks.loc[kept].reset_index(drop=True)
+    if phase_flip_ctf and len(boxes):
+        for k in range(len(boxes)):
+            boxes[k] = phase_flip(boxes[k], _row_ctf(table.iloc[k], ctf), pixel_size_a)
+    stack, m, out_px = _finish(boxes, int(box_px), pixel_size_a, pixel_size_out_a, invert, normalise,
+                               bg_radius_px)
+    table = table.assign(image_index=np.arange(len(table), dtype=np.int64), image_size_px=m,
+                         pixel_size_a=out_px, micrograph_pixel_size_a=float(pixel_size_a),
+                         ctf_phase_flipped=np.int64(1 if phase_flip_ctf else 0))
+    skipped = picks.loc[~kept].reset_index(drop=True)
+    return ExtractionResult(stack, table, skipped, out_px)
+
+
+def _check_inputs(image: ArrayLike, pixel_size_a: float, pixel_size_out_a: float | None) -> NDArray[np.float32]:
     if not pixel_size_a > 0:
         raise InputError("pixel-size", f"must be > 0 Å, got {pixel_size_a}")
     if pixel_size_out_a is not None and not (np.isfinite(pixel_size_out_a) and pixel_size_out_a > 0):
@@ -262,13 +285,13 @@ def extract_particles(
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise InputError("micrograph", f"must be a 2-D image, got shape {img.shape}")
-    xy = picks[["x_px", "y_px"]].to_numpy(np.float64)
-    boxes, kept = cut_boxes(img, xy, int(box_px))
-    table = picks.loc[kept].reset_index(drop=True)
-    if phase_flip_ctf and len(boxes):
-        for k in range(len(boxes)):
-            boxes[k] = phase_flip(boxes[k], _row_ctf(table.iloc[k], ctf), pixel_size_a)
-    m = output_box_size(int(box_px), pixel_size_a, pixel_size_out_a)
+    return img
+
+
+def _finish(boxes: NDArray[np.float32], box_px: int, pixel_size_a: float, pixel_size_out_a: float | None,
+            invert: bool, normalise: bool, bg_radius_px: float | None) -> tuple[NDArray[np.float32], int, float]:
+    """Down-sample, invert and normalise cut boxes: ``(stack, output box, output pixel size)``."""
+    m = output_box_size(box_px, pixel_size_a, pixel_size_out_a)
     out_px = pixel_size_a * box_px / m
     if m != box_px and len(boxes):
         from cryoset.fourier.crop import fourier_crop  # scipy.fft: only when down-sampling
@@ -282,8 +305,41 @@ def extract_particles(
         stack = normalise_background(
             stack, default_bg_radius_px(m) if bg_radius_px is None else bg_radius_px
         )
-    table = table.assign(image_index=np.arange(len(table), dtype=np.int64), image_size_px=m,
-                         pixel_size_a=out_px, micrograph_pixel_size_a=float(pixel_size_a),
-                         ctf_phase_flipped=np.int64(1 if phase_flip_ctf else 0))
-    skipped = picks.loc[~kept].reset_index(drop=True)
-    return ExtractionResult(np.asarray(stack, dtype=np.float32), table, skipped, out_px)
+    return np.asarray(stack, dtype=np.float32), m, out_px
+
+
+def extract_boxes(
+    image: ArrayLike,
+    xy: ArrayLike,
+    box_px: int,
+    pixel_size_a: float,
+    *,
+    pixel_size_out_a: float | None = None,
+    invert: bool = False,
+    normalise: bool = True,
+    bg_radius_px: float | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.bool_], float]:
+    """:func:`extract_particles` without phase flipping, on arrays (no pandas).
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+    xy : array_like, shape (n, 2)
+        Pick centres ``(x_px, y_px)``.
+    box_px, pixel_size_a, pixel_size_out_a, invert, normalise, bg_radius_px
+        As for :func:`extract_particles`.
+
+    Returns
+    -------
+    stack : ndarray of float32, shape (k, m, m)
+        The same images :func:`extract_particles` returns for these picks.
+    kept : ndarray of bool, shape (n,)
+        False for picks whose box leaves the micrograph.
+    pixel_size_a : float
+        Output pixel size.
+    """
+    img = _check_inputs(image, pixel_size_a, pixel_size_out_a)
+    boxes, kept = cut_boxes(img, np.asarray(xy, dtype=np.float64).reshape(-1, 2), int(box_px))
+    stack, _, out_px = _finish(boxes, int(box_px), pixel_size_a, pixel_size_out_a, invert, normalise,
+                               bg_radius_px)
+    return stack, kept, out_px

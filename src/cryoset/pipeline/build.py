@@ -118,14 +118,18 @@ def run_experiment(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
     Returns
     -------
     dict
-        Stage summaries merged, plus ``executed`` and ``skipped`` (stage names).
+        Stage summaries merged, plus ``executed`` and ``skipped`` (stage names) and
+        ``stage_seconds``: per stage ``{"wall_s", "cpu_s", "ran"}`` (wall-clock and CPU seconds
+        of this worker process, threads included; ``ran`` False: measured by the run that did
+        it, recorded in its done-marker). The report shows the stages before it.
     """
     root = Path(out_dir)
     work = root / "work" / exp["id"]
     work.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"experiment_id": exp["id"], "executed": [], "skipped": []}
+    timings: dict[str, dict[str, Any]] = {}
     upstream = ""
-    for stage in st.STAGES:
+    for stage in st.build_stages(cfg):  # the 3D stages only when configured
         h = _hash({"stage": stage, "params": st.stage_parameters(stage, exp, cfg), "upstream": upstream})
         upstream = h
         mark = marker_path(work, stage)
@@ -133,24 +137,31 @@ def run_experiment(exp: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: str,
         if done is not None and done.get("hash") == h and (work / stage).is_dir():
             summary.update(done.get("summary", {}))
             summary["skipped"].append(stage)
+            if isinstance(done.get("seconds"), dict):
+                timings[stage] = {**done["seconds"], "ran": False}
             continue
         if before_stage is not None:
             before_stage(exp["id"], stage)
         mark.unlink(missing_ok=True)
         remove_stale_parts(work, f".{stage}.*.part")  # of killed runs; the build lock is held
+        t_wall, t_cpu = time.perf_counter(), time.process_time()
         with atomic_directory(work / stage) as tmp:
             if stage == "store":
                 result = st.run_store(exp, cfg, work, tmp, store_root=root / "store", build_hash=h)
             elif stage == "report":
                 shown = {k: v for k, v in summary.items() if k not in ("executed", "skipped")}
-                result = st.run_report(exp, cfg, work, tmp, summary=shown)
+                result = st.run_report(exp, cfg, work, tmp, summary=shown, stage_seconds=timings)
             else:
                 fn: st.StageFn = getattr(st, f"run_{stage}")
                 result = fn(exp, cfg, work, tmp)
-        write_text_atomic(mark, json.dumps({"stage": stage, "hash": h, "summary": result},
+        seconds = {"wall_s": round(time.perf_counter() - t_wall, 3),
+                   "cpu_s": round(time.process_time() - t_cpu, 3)}
+        timings[stage] = {**seconds, "ran": True}
+        write_text_atomic(mark, json.dumps({"stage": stage, "hash": h, "summary": result, "seconds": seconds},
                                            indent=2, sort_keys=True) + "\n")
         summary.update(result)
         summary["executed"].append(stage)
+    summary["stage_seconds"] = timings
     summary["report"] = str(work / "report" / "report.html")
     return summary
 

@@ -26,6 +26,7 @@ from cryoset.picking.base import available_pickers
 from cryoset.workflows.classify2d import Classify2DParams
 from cryoset.workflows.ctf import CtfParams
 from cryoset.workflows.curate import CurateParams
+from cryoset.workflows.params import AbinitioParams, RefineParams
 from cryoset.workflows.pick import ExtractParams, PickParams
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -68,6 +69,18 @@ _SECTIONS: dict[str, dict[str, tuple[str, Any, bool]]] = {
         "recover": "bool", "min_population": "nonneg_int", "resolution_factor": "posnum",
         "power_fraction": "nonneg", "max_power_ratio": "posnum", "recover_percentile": "percent",
         "seed": "int", "rounds": "posint"}),
+    # 3D (optional: the abinitio and refine stages run when the configuration has `refine:`);
+    # ab initio makes one map on the full box with refine.symmetry; the particles are the last
+    # classify round's kept ones
+    "abinitio": {"n_iter": ("posint", AbinitioParams.n_iterations, False),  # --n-iter
+                 **_from(AbinitioParams, {
+                     "batch_size": "posint", "initial_resolution_a": "posnum", "final_resolution_a": "posnum",
+                     "angular_step_deg": "posnum", "final_angular_step_deg": "posnum", "max_shift_a": "nonneg",
+                     "ctf": "bool", "seed": "int"})},
+    "refine": _from(RefineParams, {
+        "symmetry": "str", "ctf": "bool", "initial_lowpass_a": "posnum", "angular_step_deg": "posnum",
+        "final_angular_step_deg": "posnum", "shift_range_px": "nonneg", "iterations": "posint", "seed": "int",
+        "n_best_poses": "posint"}),
     "duplicates": _from(CurateParams, {"min_distance_a": "nonneg"}),
     "store": {"encoding": ("encoding", "uint8", False), "chunk_particles": ("posint", 256, False)},
     # where the store stage reads the archive records an experiment names (emdb_id, pdb_id):
@@ -259,6 +272,21 @@ def load_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     out["curation"] = curation
     for name, spec in _SECTIONS.items():
         out[name] = _section(src, name, raw.get(name), spec)
+    # the 3D stages run only when asked for (`refine:`, even empty); without it builds hash as before
+    out["reconstruct3d"] = "refine" in raw
+    if "abinitio" in raw and not out["reconstruct3d"]:
+        raise InputError(src, "abinitio: configures the ab initio of the 3D stages, which run only with a "
+                         "refine: section (add `refine: {}`)")
+    if out["abinitio"]["initial_resolution_a"] < out["abinitio"]["final_resolution_a"]:
+        raise InputError(src, "abinitio.initial_resolution_a: must be >= abinitio.final_resolution_a")
+    if out["refine"]["final_angular_step_deg"] > out["refine"]["angular_step_deg"]:
+        raise InputError(src, "refine.final_angular_step_deg: must be <= refine.angular_step_deg")
+    from cryoset.recon.symmetry import parse_point_group
+
+    try:
+        parse_point_group(out["refine"]["symmetry"])
+    except InputError as exc:
+        raise InputError(src, f"refine.symmetry: {exc.message}") from None
     ctf = out["ctf"]
     if ctf["max_resolution_a"] >= ctf["min_resolution_a"]:
         raise InputError(src, "ctf.max_resolution_a: must be smaller than ctf.min_resolution_a")

@@ -19,10 +19,19 @@ classify       what ``cryoset classify2d --rounds N`` writes (round 1, then ``ro
                each round on the particles the previous kept), with the CryoVirusDB
                collective CSV ``particles_selected.csv`` of each round's kept particles
                (y flipped with the heights of the experiment's micrographs)
+abinitio       only with ``refine:`` in the configuration: what ``cryoset abinitio`` writes
+               (:func:`cryoset.workflows.abinitio.run_abinitio`, one class, ``refine.symmetry``)
+               from the last classify round's kept particles
+refine         only with ``refine:``: what ``cryoset refine`` writes
+               (:func:`cryoset.workflows.refine.run_refine`) for the kept particles against
+               the ab initio map, and ``poses/``: what ``cryoset poses export`` writes
+               (:func:`cryoset.workflows.poses.export_poses`)
 store          ``summary.json``, ``annotations.parquet``; the experiment (every extracted
                particle, rejected ones labelled) is appended to the particle store, with
                the experiment-level columns of its archive records and curation
-               (:func:`experiment_columns`)
+               (:func:`experiment_columns`); after a refine stage, the refined particles'
+               poses (:func:`refined_poses`), also as the store's ``poses`` view, and
+               ``reconstruction_resolution_a`` (the refinement's FSC 0.143 resolution)
 report         ``report.html`` and ``averages.png``
 =============  =====================================================================
 
@@ -45,7 +54,24 @@ import pandas as pd
 
 from cryoset.errors import InputError
 
+#: The stages of a build, in order (the 3D stages :data:`STAGES_3D` join them when configured).
 STAGES: tuple[str, ...] = ("micrographs", "ctf", "pick", "extract", "classify", "store", "report")
+#: The 3D stages, run after ``classify`` only when the configuration has ``refine:``; without
+#: them a build hashes (and resumes) exactly as before they existed.
+STAGES_3D: tuple[str, ...] = ("abinitio", "refine")
+
+
+def build_stages(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stages this build runs, in order."""
+    if not cfg.get("reconstruct3d", False):
+        return STAGES
+    k = STAGES.index("classify") + 1
+    return (*STAGES[:k], *STAGES_3D, *STAGES[k:])
+
+
+def stage_enabled(stage: str, cfg: Mapping[str, Any]) -> bool:
+    """Whether ``stage`` runs in this build."""
+    return stage in build_stages(cfg)
 
 StageFn = Callable[[Mapping[str, Any], Mapping[str, Any], Path, Path], dict[str, Any]]
 
@@ -67,6 +93,10 @@ def stage_parameters(stage: str, exp: Mapping[str, Any], cfg: Mapping[str, Any])
         return params
     if stage in ("ctf", "extract", "classify"):
         return dict(cfg[stage])
+    if stage == "abinitio":  # one map, the refinement's point group
+        return {**cfg["abinitio"], "symmetry": cfg["refine"]["symmetry"]}
+    if stage == "refine":
+        return dict(cfg["refine"])
     if stage == "store":  # the store holds the curated annotations: duplicates decide `kept`
         params = {**cfg["store"], "duplicates": dict(cfg["duplicates"]), "experiment_id": exp["id"]}
         if exp.get("archive"):  # the experiment-level columns (only when named: old hashes hold)
@@ -345,6 +375,60 @@ def run_classify(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out
             "cryovirusdb_csv": summary["cryovirusdb_csv"] is not None}
 
 
+def kept_particles_star(work: Path) -> Path:
+    """The last classify round's kept particles (``particles_kept.star``)."""
+    return _round_dirs(work)[-1] / "particles_kept.star"
+
+
+def run_abinitio(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
+    """Ab initio map of the kept particles (:func:`cryoset.workflows.abinitio.run_abinitio`, one class)."""
+    from cryoset.workflows.abinitio import run_abinitio as abinitio_step
+    from cryoset.workflows.params import AbinitioParams
+
+    star = kept_particles_star(work)
+    given = stage_parameters("abinitio", exp, cfg)
+    params = AbinitioParams(n_classes=1, n_iterations=given.pop("n_iter"), **given)
+    summary = abinitio_step(star, out, params, progress=False)
+    return {"abinitio_particles": summary["particles"],
+            "abinitio_resolution_a": summary["class_resolution_a"][0]}
+
+
+def run_refine(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path) -> dict[str, Any]:
+    """Gold-standard refinement of the kept particles against the ab initio map
+    (:func:`cryoset.workflows.refine.run_refine`), then their poses exported into ``out/poses``
+    (:func:`cryoset.workflows.poses.export_poses`; the store stage puts them into the store)."""
+    from cryoset.workflows.params import RefineParams
+    from cryoset.workflows.poses import export_poses
+    from cryoset.workflows.refine import run_refine as refine_step
+
+    summary = refine_step(kept_particles_star(work), work / "abinitio" / "class_001.mrc", out,
+                          RefineParams(**cfg["refine"]), progress=False)
+    export_poses(out / "run_data.star", out / "poses", micrograph_heights=micrograph_heights(work))
+    return {"refined_particles": summary["particles"], "reconstruction_resolution_a": summary["resolution_a"],
+            "refine_iterations": summary["iterations"],
+            "median_alignment_error_deg": summary["median_angular_error_deg"]}
+
+
+def refined_poses(work: Path, ann_keys: list[tuple[str, int]]) -> tuple[np.ndarray, pd.DataFrame, float]:
+    """The refine stage's poses by annotation row: the rows of ``ann_keys`` (resolved image
+    path, image index) that were refined, their :data:`cryoset.workflows.poses.POSE_COLUMNS`
+    and the refinement's resolution (Å)."""
+    from cryoset.io.particles import read_particles
+    from cryoset.workflows.curate import _keys as particle_keys
+    from cryoset.workflows.poses import pose_table
+
+    star = work / "refine" / "run_data.star"
+    table = read_particles(star).table
+    where = {key: i for i, key in enumerate(ann_keys)}
+    keys = particle_keys(table, star)
+    lost = [k for k in keys if k not in where]
+    if lost:
+        raise InputError(star, f"particle {lost[0][1] + 1}@{lost[0][0]} is not among the extracted particles")
+    rows = np.array([where[k] for k in keys], np.int64)
+    resolution = float(json.loads((work / "refine" / "run_summary.json").read_text())["resolution_a"])
+    return rows, pose_table(table, star), resolution
+
+
 def micrograph_heights(work: Path) -> dict[str, int]:
     """Height ``ny`` (pixels) of each of the experiment's micrographs, by file name (their headers):
     the y flip of the CryoVirusDB CSV the ``classify`` stage writes (``particles_selected.csv``)."""
@@ -551,7 +635,23 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
         ann[column] = value
     ann["data_source_type"] = "micrographs"  # a build always starts from micrographs
     ann["number_of_particles"] = int(ann["kept"].sum()) if "kept" in ann.columns else len(ann)
-    ann["reconstruction_resolution_a"] = np.nan  # no reconstruct stage; the EMDB map's is emd_resolution_a
+    ann["reconstruction_resolution_a"] = np.nan  # without a refine stage; the EMDB map's is emd_resolution_a
+    poses = None
+    if stage_enabled("refine", cfg):  # 3D poses replace the 2D psi/shifts/max_prob of the refined particles
+        from cryoset.io.particles import read_particles
+        from cryoset.workflows.curate import _keys as particle_keys
+        from cryoset.workflows.poses import POSE_COLUMNS
+
+        extract_star = work / "extract" / "particles.star"  # its rows are the annotation rows
+        rows, poses, resolution = refined_poses(work, particle_keys(read_particles(extract_star).table,
+                                                                    extract_star))
+        for column in POSE_COLUMNS:
+            values = ann[column].to_numpy(np.float64).copy() if column in ann.columns else np.full(len(ann), np.nan)
+            values[rows] = poses[column].to_numpy(np.float64)
+            ann[column] = values
+        ann["random_subset"] = ann["random_subset"].fillna(0).astype(np.int8)
+        ann["reconstruction_resolution_a"] = resolution
+        poses.insert(0, "particle_index", rows)
     stack = load_star(work / "extract" / "particles.star").images
     if len(ann) == 0:
         (out / "summary.json").write_text(json.dumps({"particles": 0}))
@@ -562,13 +662,16 @@ def run_store(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: P
     block = 1024
     n = store.add_experiment(eid, (np.asarray(stack[i:i + block]) for i in range(0, len(stack), block)),
                              ann, provenance=record)
+    if poses is not None:
+        store.write_poses(eid, poses["particle_index"].to_numpy(np.int64), poses, provenance=record)
     (out / "summary.json").write_text(json.dumps({"particles": n, "kept": int(ann["kept"].sum())}))
     return {"stored": n, "kept": int(ann["kept"].sum())}
 
 
 def run_report(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: Path,
-               *, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-experiment HTML report: counts, CTF fits, class sizes and averages."""
+               *, summary: Mapping[str, Any],
+               stage_seconds: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Per-experiment HTML report: counts, time per stage, CTF fits, class sizes and averages."""
     from PIL import Image
 
     from cryoset.provenance import make_provenance
@@ -576,7 +679,18 @@ def run_report(exp: Mapping[str, Any], cfg: Mapping[str, Any], work: Path, out: 
 
     rep = Report(f"cryoset build — {exp['id']}")
     rep.heading("Summary")
-    rep.mapping({"experiment": exp["id"], "source": exp["kind"], **dict(summary)})
+    rep.mapping({"experiment": exp["id"], "source": exp["kind"],
+                 **{k: v for k, v in summary.items() if k != "stage_seconds"}})
+    if stage_seconds:
+        rep.heading("Time per stage")
+        names = list(stage_seconds)
+        wall = [float(stage_seconds[n].get("wall_s", float("nan"))) for n in names]
+        cpu = [float(stage_seconds[n].get("cpu_s", float("nan"))) for n in names]
+        when = ["this run" if stage_seconds[n].get("ran") else "an earlier run (resumed)" for n in names]
+        rep.table(pd.DataFrame({"stage": [*names, "total"], "wall s": [*wall, sum(wall)],
+                                "CPU s": [*cpu, sum(cpu)], "when": [*when, ""]}))
+        rep.paragraph("Seconds of the worker process that ran the experiment (CPU: all its threads); "
+                      "the report stage itself is not included.")
     rep.heading("CTF per micrograph")
     rep.table(pd.read_csv(work / "ctf" / "ctf.csv"))
     ann = pd.read_parquet(work / "store" / "annotations.parquet") if (

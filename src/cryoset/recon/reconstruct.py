@@ -160,6 +160,7 @@ def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.floa
                 shifts_px: NDArray[np.float64], pixel_size_a: float, *,
                 ctf_params: dict[str, NDArray[np.float64]] | None = None,
                 symmetry_ops: NDArray[np.float64] | None = None, pad_images: bool = False,
+                weights: NDArray[np.float64] | None = None,
                 progress: Callable[[int], None] | None = None) -> FourierAccumulator:
     """Insert images into an accumulator (in place) and return it.
 
@@ -186,10 +187,17 @@ def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.floa
         Zero-pad images to ``N × N`` before the 2D FFT (denser 2D samples); default False:
         the ``b × b`` transform is inserted at frequencies scaled by ``N / b`` (RELION's way;
         0.4 Å better 0.5-crossing on simulated data, see docs/reconstruct.md).
+    weights : array, shape (n,), optional
+        Per-row weight multiplying both the image term (``D``) and the ``CTF²`` term (``W``):
+        an image inserted at several poses with weights summing to 1 counts once
+        (posterior-weighted back-projection). None: every row weight 1 (unweighted code path).
     progress
         Called with the number of images done after each batch.
     """
     n = rotations.shape[0]
+    wrow = None if weights is None else np.asarray(weights, np.float64)
+    if wrow is not None and wrow.shape != (n,):
+        raise ValueError(f"weights: expected shape ({n},), got {wrow.shape}")
     ops = np.eye(3)[None] if symmetry_ops is None else np.asarray(symmetry_ops, np.float64)
     for start in range(0, n, _BATCH):
         idx = np.arange(start, min(start + _BATCH, n))
@@ -202,6 +210,10 @@ def backproject(acc: FourierAccumulator, images: Any, rotations: NDArray[np.floa
         else:
             spec *= ctf
             ctf2 = (ctf * ctf).astype(np.float32)
+        if wrow is not None:
+            wb = wrow[idx, None, None]
+            spec = (spec * wb).astype(np.complex64)
+            ctf2 = (ctf2 * wb).astype(np.float32)
         for op in ops:
             rots = np.ascontiguousarray(rotations[idx] @ op)
             insert_slices_trilinear(spec, ctf2, rots, acc.data, acc.weight)
@@ -382,12 +394,13 @@ class Reconstruction:
     regulariser: NDArray[np.float64]
 
 
-def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
+def reconstruct(images: Any, rotations: NDArray[np.float64],
                 shifts_px: NDArray[np.float64], pixel_size_a: float, *,
                 ctf_params: dict[str, NDArray[np.float64]] | None = None,
                 subsets: NDArray[np.int64] | None = None, seed: int = 0,
                 symmetry: str = "C1", wiener_constant: float | None = None, pad: int = 2,
                 pad_images: bool = False, gridding_correction: bool = True,
+                weights: NDArray[np.float64] | None = None,
                 progress: Callable[[int], None] | None = None) -> Reconstruction:
     """Reconstruct a map and its half maps from posed particle images.
 
@@ -418,6 +431,10 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
     gridding_correction
         Divide by the trilinear apodisation inside the inscribed sphere and zero the corners
         (module docstring, step 5); False: the estimate as inverted.
+    weights : array, shape (n,), optional
+        Per-row insertion weights (:func:`backproject`); rows may repeat an image at several
+        poses (``images`` indexed lazily by a row map) when their weights sum to 1 per image.
+        ``n_particles`` then counts rows. None: unweighted.
     progress
         Called with the number of images inserted so far.
 
@@ -450,7 +467,9 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
                 progress(offset + k)
 
         backproject(acc, _Take(images, sel), rotations[sel], shifts_px[sel], pixel_size_a,
-                    ctf_params=sub_ctf, symmetry_ops=ops, pad_images=pad_images, progress=report)
+                    ctf_params=sub_ctf, symmetry_ops=ops, pad_images=pad_images,
+                    weights=None if weights is None else np.asarray(weights, np.float64)[sel],
+                    progress=report)
         done += sel.size
         halves.append(acc)
     tiny = 1e-6 * max(float(halves[0].weight.max()), 1e-30)
@@ -474,9 +493,13 @@ def reconstruct(images: NDArray[np.float32], rotations: NDArray[np.float64],
 class _Take:
     """Lazy row selection of an indexable stack (slices of the selection read in one go)."""
 
-    def __init__(self, images: NDArray[np.float32], rows: NDArray[np.int64]) -> None:
-        self.images = images
-        self.rows = rows
+    def __init__(self, images: Any, rows: NDArray[np.int64]) -> None:
+        rows = np.asarray(rows, np.int64)
+        if isinstance(images, _Take):  # a selection of a selection: compose the row maps
+            rows = images.rows[rows]
+            images = images.images
+        self.images: Any = images
+        self.rows: NDArray[np.int64] = rows
         self.shape = (rows.size, *images.shape[1:])
 
     def __getitem__(self, key: slice) -> NDArray[np.float32]:

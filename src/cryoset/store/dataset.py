@@ -168,6 +168,14 @@ CODECS = ("blosc-zstd-3-bitshuffle", "zstd-9", "none")
 DEFAULT_CODEC = "blosc-zstd-3-bitshuffle"
 #: The store's kept flags (:meth:`ParticleStore.write_selection`), queried as the ``selection`` view.
 SELECTION_FILE = "selection.parquet"
+POSES_FILE = "poses.parquet"
+#: The per-particle pose columns of ``STORE/poses.parquet`` (:meth:`ParticleStore.write_poses`): the
+#: schema's pose3d names; ``alignment_error_deg`` is the angular error (cryoPANDA's ``3DAlignmentError``,
+#: unit unstated, stays ``alignment_error_3d``), ``random_subset`` the gold-standard half (1/2; 0: none).
+POSE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("rot_deg", pa.float64()), ("tilt_deg", pa.float64()), ("psi_deg", pa.float64()),
+    ("shift_x_a", pa.float64()), ("shift_y_a", pa.float64()), ("alignment_error_deg", pa.float64()),
+    ("max_prob", pa.float64()), ("random_subset", pa.int8()))
 
 
 def _compressors(codec: str) -> list[Any]:
@@ -700,6 +708,69 @@ class ParticleStore:
                 pq.write_table(arrow, tmp, compression="zstd")
         return len(table)
 
+    # ----------------------------------------------------------------- poses
+    @property
+    def poses_path(self) -> Path:
+        """``STORE/poses.parquet``: the 3D poses written by :meth:`write_poses`."""
+        return self.root / POSES_FILE
+
+    def read_poses(self) -> pd.DataFrame:
+        """The 3D poses (``experiment_id``, ``particle_index``, :data:`POSE_FIELDS`), sorted; empty when none."""
+        if not self.poses_path.is_file():
+            return pd.DataFrame({"experiment_id": pd.Series([], dtype=object),
+                                 "particle_index": pd.Series([], dtype=np.int64),
+                                 **{n: pd.Series([], dtype=np.float64) for n, _t in POSE_FIELDS}})
+        return pq.read_table(self.poses_path).to_pandas()
+
+    def write_poses(self, experiment_id: str, particle_indices: NDArray[Any] | Sequence[int], poses: pd.DataFrame,
+                    *, provenance: dict[str, Any] | None = None) -> int:
+        """Set the 3D poses of some particles of one experiment (``cryoset poses export``).
+
+        ``poses`` holds the :data:`POSE_FIELDS` columns, one row per index. As with
+        :meth:`write_selection`, the poses given replace those of the same particles, the
+        others are kept, and ``STORE/poses.parquet`` is rewritten under a temporary name and
+        renamed while the commit lock is held; queries see it as the ``poses`` view.
+        Experiments are not touched.
+
+        Returns
+        -------
+        int
+            The number of particles with poses (all experiments).
+
+        Raises
+        ------
+        InputError
+            An unknown experiment, an index outside it, a repeated particle, a missing column
+            or unequal lengths.
+        """
+        idx = np.asarray(particle_indices, dtype=np.int64)
+        n = self.num_particles(experiment_id)
+        lack = [name for name, _t in POSE_FIELDS if name not in poses.columns]
+        if lack:
+            raise InputError(self.root, f"poses: lack column(s) {', '.join(lack)}")
+        if len(poses) != len(idx):
+            raise InputError(self.root, f"poses: {len(idx)} indices, {len(poses)} rows")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise InputError(self.root, f"poses: particle index outside experiment {experiment_id!r} (0…{n - 1})")
+        if len(np.unique(idx)) != len(idx):
+            raise InputError(self.root, "poses: a particle is given twice")
+        new = pd.DataFrame({"experiment_id": str(experiment_id), "particle_index": idx,
+                            **{name: poses[name].to_numpy() for name, _t in POSE_FIELDS}})
+        with exclusive_lock(self.commit_lock_path):
+            old = self.read_poses()
+            keep_old = ~((old["experiment_id"].astype(str) == str(experiment_id)).to_numpy()
+                         & np.isin(old["particle_index"].to_numpy(np.int64), idx))
+            table = (pd.concat([old[keep_old], new], ignore_index=True)
+                     .sort_values(["experiment_id", "particle_index"], kind="stable").reset_index(drop=True))
+            arrow = pa.table({"experiment_id": pa.array(table["experiment_id"].astype(str), type=pa.string()),
+                              "particle_index": pa.array(table["particle_index"], type=pa.int64()),
+                              **{name: pa.array(table[name], type=typ, from_pandas=True) for name, typ in POSE_FIELDS}})
+            arrow = arrow.replace_schema_metadata(
+                {b"cryoset_provenance": json.dumps(provenance or {}, default=str).encode()})
+            with atomic_path(self.poses_path) as tmp:
+                pq.write_table(arrow, tmp, compression="zstd")
+        return len(table)
+
     # ------------------------------------------------------------------- queries
     def parquet_files(self) -> list[Path]:
         return [self.root / "experiments" / e / "annotations.parquet" for e in self.experiments()]
@@ -716,6 +787,8 @@ class ParticleStore:
         views: dict[str, list[Path]] = dict(self.embedding_views())
         if self.selection_path.is_file():
             views["selection"] = [self.selection_path]
+        if self.poses_path.is_file():
+            views["poses"] = [self.poses_path]
         return read_only_connection(self.parquet_files(), extra_views=views)
 
     def embedding_views(self) -> dict[str, list[Path]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Classify2DParams", "CtfParams", "ExtractParams", "PickParams", "ReconstructParams", "TraceParams"]
+__all__ = ["AbinitioParams", "Classify2DParams", "CtfParams", "ExtractParams", "PickParams", "PosesParams", "PostprocessParams", "ReconstructParams", "TraceParams"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,53 @@ class ReconstructParams:
 
 
 @dataclass(frozen=True)
+class RefineParams:
+    """Every parameter of gold-standard 3D refinement with its one default (``cryoset refine``)."""
+
+    symmetry: str = "C1"
+    ctf: bool = True
+    initial_lowpass_a: float = 30.0
+    angular_step_deg: float = 7.5
+    final_angular_step_deg: float = 0.9
+    shift_range_px: float = 3.0
+    shift_step_px: float = 1.0
+    global_iterations: int = 3
+    iterations: int = 25
+    seed: int = 0
+    permissive: bool = False
+    n_best_poses: int = 8
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Every parameter of map post-processing with its one default (``cryoset postprocess``,
+    ``cryoset mask-create``); see docs/postprocess.md.
+
+    ``auto_mask``: make a soft mask from the average of the half maps (low-pass at
+    ``mask_lowpass_a``, threshold ``mask_threshold`` or one from the map's statistics, extend by
+    ``extend_px`` (tight) and ``loose_extend_px`` (loose), raised-cosine edge ``soft_edge_px``).
+    ``bfactor_a2``: None estimates it (Guinier fit from ``bfactor_low_a`` to ``bfactor_high_a``,
+    None: the FSC resolution; relion_postprocess's default ``--autob_highres 0`` is Nyquist);
+    a value is applied as ``exp(−B s²/4)`` (negative sharpens, RELION's sign).
+    """
+
+    auto_mask: bool = False
+    mask_threshold: float | None = None
+    mask_lowpass_a: float = 15.0
+    extend_px: float = 3.0
+    loose_extend_px: float = 8.0
+    soft_edge_px: float = 6.0
+    bfactor_a2: float | None = None
+    bfactor_low_a: float = 10.0
+    bfactor_high_a: float | None = None
+    randomise_below_fsc: float = 0.8
+    local_resolution: bool = False
+    local_window_px: int = 20
+    seed: int = 0
+    permissive: bool = False
+
+
+@dataclass(frozen=True)
 class TraceParams:
     """Every parameter of tracing with its one default (``cryoset trace``)."""
 
@@ -133,3 +180,31 @@ class TraceParams:
     voxel_size_a: float | None = None
     format: str | None = None
     chain_ids: str | None = None
+
+
+@dataclass(frozen=True)
+class AbinitioParams:
+    """Every parameter of ab initio 3D with its one default (``cryoset abinitio``); the
+    method's settings are :class:`cryoset.recon.abinitio.AbinitioSettings`'s."""
+
+    n_classes: int = 1
+    symmetry: str = "C1"
+    box_px: int = 0
+    n_iterations: int = 40
+    batch_size: int = 100
+    initial_resolution_a: float = 35.0
+    final_resolution_a: float = 15.0
+    angular_step_deg: float = 15.0
+    final_angular_step_deg: float = 5.0
+    max_shift_a: float = 0.0
+    ctf: bool = True
+    seed: int = 0
+    permissive: bool = False
+
+
+@dataclass(frozen=True)
+class PosesParams:
+    """Every parameter of ``cryoset poses export`` with its one default."""
+
+    match_tolerance_px: float = 0.01
+    permissive: bool = False

@@ -27,6 +27,14 @@ import pandas as pd
 from cryoset.errors import InputError
 from cryoset.io.coords import COORDINATE_FORMATS, COORDINATE_SUFFIXES
 from cryoset.io.relion_labels import MICROGRAPH_NAME
+from cryoset.workflows.extract import (
+    ExtractOutcome,
+    coord_files,
+    micrograph_key,
+    progress_bar,
+    read_micrograph,
+    run_extract,
+)
 from cryoset.workflows.params import ExtractParams, PickParams
 
 __all__ = [
@@ -36,66 +44,16 @@ __all__ = [
     "PickOutcome",
     "PickParams",
     "coord_files",
+    "extract_tables",
     "micrograph_key",
     "read_picks",
     "run_extract",
     "run_pick",
 ]
 
-_IMAGE_SUFFIXES = (".mrc", ".mrcs", ".map", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gz", ".bz2")
 _COORD_SUFFIXES = COORDINATE_SUFFIXES
-
-
-def _progress(enabled: bool = True) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                    disable=not enabled)
-
-
-def micrograph_key(name: str) -> str:
-    """A micrograph name without directory and image suffixes (``a/b/mic_01.mrc`` → ``mic_01``)."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    while True:
-        stem, dot, suffix = base.rpartition(".")
-        if dot and ("." + suffix.lower()) in _IMAGE_SUFFIXES + _COORD_SUFFIXES:
-            base = stem
-        else:
-            return base
-
-
-def _read_micrograph(path: Path, pixel_size: float | None) -> tuple[Any, float]:
-    import numpy as np
-
-    from cryoset.io.images import read_image
-
-    img = read_image(path, pixel_size_a=pixel_size)
-    if img.pixel_size_a is None:
-        raise InputError(path, "has no pixel size: give --pixel-size-a")
-    if img.data.ndim != 2 or min(img.data.shape) < 16:
-        raise InputError(path, f"is not a micrograph (shape {img.data.shape})")
-    bad = int(img.data.size - np.count_nonzero(np.isfinite(img.data)))
-    if bad:
-        raise InputError(path, f"{bad} of {img.data.size} pixels are NaN or infinite")
-    if not float(img.data.std()) > 0:
-        raise InputError(path, "is empty (constant image)")
-    return img.data, float(img.pixel_size_a)
-
-
-def coord_files(source: Path) -> list[Path]:
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir()
-                       if p.is_file() and p.suffix.lower() in _COORD_SUFFIXES
-                       and not p.name.endswith(".provenance.json")
-                       and p.name not in ("false_positives.csv", "particles.csv", "particles.star"))
-        if not files:
-            raise InputError(source, "holds no coordinate files")
-        return files
-    if not source.exists():
-        raise InputError(source, "no such file or directory")
-    return [source]
+_progress = progress_bar
+_read_micrograph = read_micrograph
 
 
 def read_picks(source: Path) -> Any:
@@ -358,17 +316,6 @@ def _write_scores(path: Path, frames: list[pd.DataFrame]) -> None:
 # ------------------------------------------------------------------------------ extract
 
 
-@dataclass
-class ExtractOutcome:
-    """What :func:`run_extract` wrote."""
-
-    out: Path
-    particles: int
-    micrographs: int
-    skipped_at_edge: int
-    star: Path
-
-
 def _local_defocus(ctf: Path | None, enabled: bool) -> dict[str, Any] | None:
     """The defocus surfaces written by ``cryoset ctf`` beside its STAR, when present and wanted."""
     if ctf is None or not enabled:
@@ -380,9 +327,10 @@ def _local_defocus(ctf: Path | None, enabled: bool) -> dict[str, Any] | None:
     return local_ctfs(ctf.parent)
 
 
-def run_extract(micrographs: list[Path], picks: Path, out: Path, params: ExtractParams, *,
-                progress: bool = True) -> ExtractOutcome:
-    """Extract the picked particles of ``micrographs`` (coordinate files in ``picks``).
+def extract_tables(micrographs: list[Path], picks: Path, out: Path, params: ExtractParams, *,
+                   progress: bool = True) -> ExtractOutcome:
+    """:func:`cryoset.workflows.extract.run_extract` through pandas tables: every input it
+    accepts (CTF, phase flipping, any coordinate format); the fast path writes the same files.
 
     Raises
     ------
@@ -394,24 +342,11 @@ def run_extract(micrographs: list[Path], picks: Path, out: Path, params: Extract
     from cryoset.io.particles import PathStyle, relion_path, write_particles
     from cryoset.particles.extract import box_size_for_diameter, extract_particles
     from cryoset.provenance import make_provenance, write_provenance
+    from cryoset.workflows.extract import check_extract_params
 
+    check_extract_params(params)
     box, diameter_a, ctf = params.box_px, params.diameter_a, params.ctf
     phase_flip, image_paths = params.phase_flip, params.image_paths
-    if box is None and diameter_a is None:
-        raise InputError("--box-px", "give --box-px or --diameter-a")
-    if phase_flip and ctf is None:
-        raise InputError("--ctf", "--phase-flip needs --ctf")
-    if image_paths not in ("project", "star"):
-        raise InputError("--image-paths", f"must be 'project' or 'star', got {image_paths!r}")
-    for name, value in (("--pixel-size-out-a", params.pixel_size_out_a), ("--box-px", box),
-                        ("--diameter-a", diameter_a), ("--pixel-size-a", params.pixel_size_a),
-                        ("--voltage-kv", params.voltage_kv)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InputError(name, f"must be a positive number, got {value}")
-    if not (math.isfinite(params.cs_mm) and params.cs_mm >= 0):
-        raise InputError("--cs-mm", f"must be >= 0 mm, got {params.cs_mm}")
-    if not 0 <= params.amplitude_contrast < 1:
-        raise InputError("--amplitude-contrast", f"must be in [0, 1), got {params.amplitude_contrast}")
     star_out = out / "particles.star"
     style: PathStyle = "star" if image_paths == "star" else "project"
     ctfs = _ctf_table(ctf) if ctf is not None else {}
